@@ -1,0 +1,1 @@
+"""Escalon distill service."""

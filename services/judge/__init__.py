@@ -1,0 +1,1 @@
+"""Escalon judge service."""

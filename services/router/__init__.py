@@ -1,0 +1,1 @@
+"""Escalon router service."""

@@ -1,0 +1,1 @@
+"""Escalon serving service."""

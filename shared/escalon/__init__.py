@@ -1,0 +1,1 @@
+"""Escalon: answer each LLM query with the cheapest model that gets it right."""

@@ -1,0 +1,69 @@
+"""Typed settings shared by every service.
+
+Each service subclasses `ServiceSettings` with its own env prefix (ESCALON_ROUTER_, ...); the fields
+here are common to all and read from fixed names (ESCALON_CATALOGUE, ESCALON_DATA_DIR, ...). Nothing
+is read at import: `load_settings` is called by a service's entry point, and turns pydantic's
+validation report into one message that names every bad variable and what it expects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from escalon.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "escalon"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. Subclasses set `model_config = SettingsConfigDict(env_prefix=...)`."""
+
+    model_config = SettingsConfigDict(env_prefix="ESCALON_", extra="ignore")
+
+    catalogue: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ESCALON_CATALOGUE"),
+        description="rung catalogue YAML; the packaged embedded catalogue when unset",
+    )
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR,
+        validation_alias=AliasChoices("ESCALON_DATA_DIR"),
+        description="writable folder for model caches, databases and job artefacts",
+    )
+    grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        validation_alias=AliasChoices("ESCALON_GRACE_SECONDS"),
+        description="how long a stopping server lets in-flight calls finish",
+    )
+    host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 in containers")
+    port: int = Field(default=0, ge=0, le=65535, description="port to bind; 0 picks a free one")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings from the environment (and overrides), or raise ConfigError with one clear message."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"{_env_name(cls, field, prefix)}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid {cls.__name__} configuration — " + "; ".join(problems)) from None
+
+
+def _env_name(cls: type[BaseSettings], field: str, prefix: str) -> str:
+    info = cls.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{prefix}{field}".upper()

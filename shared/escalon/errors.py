@@ -1,0 +1,50 @@
+"""Domain errors. Servicers raise these; one interceptor (escalon.grpc) maps them to status codes.
+
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EscalonError(Exception):
+    """Base of the errors a caller can act on."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class ConfigError(EscalonError):
+    """Configuration is missing or malformed; raised at start, before anything listens."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidInput(EscalonError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(EscalonError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(EscalonError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class RungUnavailable(EscalonError):
+    """A model tier cannot answer now (dead engine, unreachable endpoint, prompt not recorded)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class BudgetExceeded(EscalonError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(EscalonError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

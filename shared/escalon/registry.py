@@ -1,0 +1,137 @@
+"""The model catalogue: every rung (model tier) Escalon can route to, as configuration, not code.
+
+A catalogue is a YAML file (ESCALON_CATALOGUE) with a list of rungs; the packaged `catalogue.yaml`
+is the embedded default (local GGUF models shipped on PyPI plus replay rungs over a shipped sample
+of recorded benchmark answers). Relative paths in a catalogue are resolved against its folder.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from escalon.errors import ConfigError, InvalidInput
+
+DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
+Backend = Literal["local-gguf", "hf", "openai", "replay"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    input_per_1m: float = Field(ge=0, description="USD per million input tokens")
+    output_per_1m: float = Field(ge=0, description="USD per million output tokens")
+
+
+class Autoscaling(_Strict):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class Resources(_Strict):
+    num_cpus: float = Field(default=1, ge=0)
+    num_gpus: float = Field(default=0, ge=0)
+
+
+class Rung(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$", max_length=63)
+    family: str = Field(min_length=1, description="model family; judges prefer a different family")
+    backend: Backend
+    model: str = Field(min_length=1, description="packaged model id or path; remote model name; replayed model")
+    prompt_format: Literal["chat", "completion"] = "chat"
+    price: Price
+    context_limit: int = Field(default=2048, gt=0, description="tokens of prompt + answer")
+    max_tokens: int = Field(default=256, gt=0, description="default answer length")
+    timeout_s: float = Field(default=120, gt=0)
+    # openai backend
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, description="environment variable that holds the API key")
+    # replay backend
+    benchmark: Path | None = Field(default=None, description="benchmark.parquet in the shared routing format")
+    # Ray Serve deployment of this tier
+    autoscaling: Autoscaling = Autoscaling()
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> Rung:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("an openai rung needs base_url (the endpoint's /v1 URL)")
+        if self.backend == "replay" and self.benchmark is None:
+            raise ValueError("a replay rung needs benchmark (a benchmark.parquet path)")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend in ("local-gguf", "hf")
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.price.input_per_1m + output_tokens * self.price.output_per_1m) / 1e6
+
+
+class Catalogue(_Strict):
+    rungs: tuple[Rung, ...] = Field(min_length=1)
+    source: Path | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalogue:
+        seen: set[str] = set()
+        for rung in self.rungs:
+            if rung.name in seen:
+                raise ValueError(f"rung name {rung.name!r} appears twice")
+            seen.add(rung.name)
+        return self
+
+    @cached_property
+    def by_name(self) -> dict[str, Rung]:
+        return {r.name: r for r in self.rungs}
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rungs]
+
+    def get(self, name: str, *, field: str = "rung") -> Rung:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise InvalidInput(f"unknown rung {name!r}; known rungs: {', '.join(self.names)}", field=field) from None
+
+    def cheapest_first(self, names: list[str] | None = None, prompt_tokens: int = 200) -> list[Rung]:
+        """Rungs ordered by the expected cost of answering a prompt of this size at their default length."""
+        rungs = [self.get(n) for n in names] if names is not None else list(self.rungs)
+        return sorted(rungs, key=lambda r: (r.cost(prompt_tokens, r.max_tokens), r.name))
+
+
+def load_catalogue(path: Path | str | None = None) -> Catalogue:
+    """Read and validate a catalogue; ConfigError names the file and every problem in it."""
+    path = Path(path) if path else DEFAULT_CATALOGUE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"catalogue {path} does not exist; set ESCALON_CATALOGUE to a rung catalogue YAML") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"catalogue {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or "rungs" not in raw:
+        raise ConfigError(f"catalogue {path} must be a mapping with a 'rungs' list")
+    for rung in raw.get("rungs") or []:
+        if isinstance(rung, dict) and rung.get("benchmark") and not Path(rung["benchmark"]).is_absolute():
+            rung["benchmark"] = str((path.parent / rung["benchmark"]).resolve())
+    try:
+        return Catalogue(rungs=raw["rungs"], source=path)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"catalogue {path} is invalid — {problems}") from None
