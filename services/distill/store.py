@@ -1,0 +1,656 @@
+"""The job store: the source of truth for every distill job, in SQLAlchemy 2 Core (SQLite or PostgreSQL).
+
+Two tables:
+  jobs        one row per job, keyed on the caller's job id (the idempotency key)
+  job_events  an append-only history per job: started, checkpoint (with per-step metrics), requeued,
+              cancelled, finished; what `escalon jobs` and the tests read to see what a job did
+
+Ownership of a running job is a lease (`lease_owner`, `lease_expires_at`), renewed by the worker that runs it.
+Every write a worker makes is fenced on `lease_owner = me`: a worker that stalled past its lease and comes
+back finds it lost (`LeaseLost`) instead of overwriting the checkpoint of the worker that took over. A job
+whose lease expired (its worker was killed) is requeued by `requeue_expired`, which every worker runs
+periodically; this is what makes a killed job come back on brokers that never redeliver by themselves.
+
+SQLite: WAL journal, a 30 s busy timeout, and `BEGIN IMMEDIATE` for writing transactions so that two
+processes never deadlock upgrading a read lock. PostgreSQL: `SELECT ... FOR UPDATE` where a row is read
+then written. Both: `INSERT ... ON CONFLICT DO NOTHING` for the idempotent create.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import enum
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    create_engine,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+UTC = dt.UTC
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the job: its lease expired and another worker took it over."""
+
+
+class _UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on both databases (SQLite keeps no zone: store naive UTC, read back aware)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
+_ID = Integer().with_variant(postgresql.BIGINT(), "postgresql")
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(128), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("queue", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("message", Text, nullable=False, default=""),
+    Column("params", _JSON, nullable=False),
+    Column("result", _JSON),
+    Column("error", Text, nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("checkpoint", _JSON),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("lease_owner", String(200)),
+    Column("lease_expires_at", _UTCDateTime),
+    Column("created_at", _UTCDateTime, nullable=False),
+    Column("updated_at", _UTCDateTime, nullable=False),
+    Column("started_at", _UTCDateTime),
+    Column("finished_at", _UTCDateTime),
+    Index("ix_jobs_created", "created_at", "job_id"),
+    Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("job_id", String(128), ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("step", Integer),
+    Column("message", Text, nullable=False, default=""),
+    Column("metrics", _JSON),
+    Column("created_at", _UTCDateTime, nullable=False),
+    Index("ix_job_events_job", "job_id", "id"),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job row."""
+
+    job_id: str
+    kind: str
+    queue: str
+    state: JobState
+    progress: float
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str
+    attempts: int
+    checkpoint: dict[str, Any] | None
+    cancel_requested: bool
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: int
+    job_id: str
+    attempt: int
+    event: str
+    step: int | None
+    message: str
+    metrics: dict[str, Any] | None
+    created_at: dt.datetime
+
+
+class ClaimOutcome(enum.StrEnum):
+    CLAIMED = "claimed"  # this worker now runs the job
+    FINISHED = "finished"  # already succeeded/failed/cancelled: nothing to do (a duplicate delivery)
+    BUSY = "busy"  # another live worker holds the lease (a duplicate delivery while it runs)
+    CANCELLED = "cancelled"  # cancel was requested before it started: now CANCELLED
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_token: str
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def make_owner() -> str:
+    """A lease owner id: host, pid and a nonce (the host and pid let a worker spot a dead sibling)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when `owner` was a process on this host that no longer exists (a killed pool child)."""
+    if not owner:
+        return False
+    try:
+        host, pid_text, _ = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        return Path(url[len(prefix) :])
+    return None
+
+
+class JobStore:
+    """All reads and writes of job state. Thread-safe; one per process (engines do not survive fork)."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        if self.dialect == "sqlite":
+            engine_kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+        self.engine: Engine = create_engine(url, **engine_kwargs)
+        if self.dialect == "sqlite":
+            _sqlite_pragmas(self.engine)
+
+    # ---- lifecycle
+
+    def init(self) -> JobStore:
+        """Create the tables (and the SQLite folder) when missing. Safe to call from several processes."""
+        path = _sqlite_path(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            metadata.create_all(self.engine)
+        except (IntegrityError, ProgrammingError):
+            # Another process created them between the existence check and CREATE (PostgreSQL).
+            metadata.create_all(self.engine)
+        return self
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(escalon_write=write)
+            with conn.begin():
+                yield conn
+
+    # ---- create and read
+
+    def create_if_absent(
+        self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], now: dt.datetime | None = None
+    ) -> tuple[Job, bool]:
+        """Insert the job unless its id exists; return (job, created). Concurrent callers create one row."""
+        now = now or utcnow()
+        values = dict(
+            job_id=job_id,
+            kind=kind,
+            queue=queue,
+            state=JobState.QUEUED.value,
+            progress=0.0,
+            message="queued",
+            params=params,
+            error="",
+            attempts=0,
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+        )
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(jobs).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
+        with self._tx(write=True) as conn:
+            created = conn.execute(stmt).rowcount == 1
+            row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one()
+        return _job(row), created
+
+    def get(self, job_id: str) -> Job | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one_or_none()
+        return _job(row) if row is not None else None
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+            ).all()
+        return [JobEvent(**r._mapping) for r in rows]
+
+    def list(
+        self, *, page_size: int, page_token: str = "", state: JobState | None = None, kind: str = ""
+    ) -> Page:
+        """Newest first, keyset-paginated. A token is only valid with the filters it was made for."""
+        filters = {"state": state.value if state else "", "kind": kind}
+        query = select(jobs)
+        if state is not None:
+            query = query.where(jobs.c.state == state.value)
+        if kind:
+            query = query.where(jobs.c.kind == kind)
+        if page_token:
+            created_at, job_id = decode_page_token(page_token, filters)
+            query = query.where(
+                or_(jobs.c.created_at < created_at, and_(jobs.c.created_at == created_at, jobs.c.job_id < job_id))
+            )
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc()).limit(page_size + 1)
+        with self._tx(write=False) as conn:
+            rows = [_job(r) for r in conn.execute(query).all()]
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        token = encode_page_token(rows[-1].created_at, rows[-1].job_id, filters) if more and rows else ""
+        return Page(rows, token)
+
+    # ---- what a worker does
+
+    def claim(self, job_id: str, owner: str, lease_s: float, *, now: dt.datetime | None = None) -> Claim:
+        """Take the job for `owner`: RUNNING, attempts + 1, a fresh lease; or say why not."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            row = conn.execute(self._locked(job_id)).one_or_none()
+            if row is None:
+                return Claim(ClaimOutcome.NOT_FOUND, None)
+            job = _job(row)
+            if job.finished:
+                return Claim(ClaimOutcome.FINISHED, job)
+            held = (
+                job.lease_owner is not None
+                and job.lease_owner != owner
+                and job.lease_expires_at is not None
+                and job.lease_expires_at > now
+            )
+            if held and not owner_is_dead(job.lease_owner):
+                return Claim(ClaimOutcome.BUSY, job)
+            attempt = job.attempts + 1
+            if job.cancel_requested:
+                self._finish_row(conn, job_id, JobState.CANCELLED, now, message="cancelled before it started")
+                self._event(conn, job_id, job.attempts, "cancelled", now, message="cancelled before it started")
+                return Claim(ClaimOutcome.CANCELLED, self._get(conn, job_id))
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.job_id == job_id)
+                .values(
+                    state=JobState.RUNNING.value,
+                    attempts=attempt,
+                    lease_owner=owner,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                    started_at=job.started_at or now,
+                    message=f"attempt {attempt} started" + (" (resuming from checkpoint)" if job.checkpoint else ""),
+                    updated_at=now,
+                )
+            )
+            host, pid, _ = owner.rsplit(":", 2) if owner.count(":") >= 2 else (owner, "", "")
+            self._event(
+                conn,
+                job_id,
+                attempt,
+                "started",
+                now,
+                message=f"attempt {attempt} on {host}",
+                metrics={"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else None,
+                         "resumed": job.checkpoint is not None},
+            )
+            return Claim(ClaimOutcome.CLAIMED, self._get(conn, job_id))
+
+    def heartbeat(
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        *,
+        progress: float | None = None,
+        message: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> bool:
+        """Renew the lease (and record progress); return whether cancellation was requested."""
+        now = now or utcnow()
+        values: dict[str, Any] = {"lease_expires_at": now + dt.timedelta(seconds=lease_s), "updated_at": now}
+        if progress is not None:
+            values["progress"] = progress
+        if message is not None:
+            values["message"] = message
+        with self._tx(write=True) as conn:
+            self._owned_update(conn, job_id, owner, values)
+            return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.job_id == job_id)).scalar())
+
+    def save_checkpoint(
+        self,
+        job_id: str,
+        owner: str,
+        checkpoint: dict[str, Any],
+        *,
+        lease_s: float,
+        progress: float,
+        message: str,
+        step: int | None = None,
+        metrics: dict[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> bool:
+        """Store the checkpoint, progress and a `checkpoint` event in one transaction; return cancel flag."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            attempts = self._owned_update(
+                conn,
+                job_id,
+                owner,
+                {
+                    "checkpoint": checkpoint,
+                    "progress": progress,
+                    "message": message,
+                    "lease_expires_at": now + dt.timedelta(seconds=lease_s),
+                    "updated_at": now,
+                },
+            )
+            self._event(conn, job_id, attempts, "checkpoint", now, step=step, message=message, metrics=metrics)
+            return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.job_id == job_id)).scalar())
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str = "",
+        message: str = "",
+        now: dt.datetime | None = None,
+    ) -> Job:
+        """End the job in a final state (fenced on the lease) and release the lease."""
+        if not state.finished:
+            raise ValueError(f"{state} is not a final state")
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            attempts = self._owned_update(conn, job_id, owner, {})
+            self._finish_row(conn, job_id, state, now, result=result, error=error, message=message or state.lower())
+            self._event(conn, job_id, attempts, state.lower(), now, message=error or message)
+            return self._get(conn, job_id)
+
+    def release(self, job_id: str, owner: str, message: str, *, now: dt.datetime | None = None) -> None:
+        """Give the job back to the queue (a transient error; a retry message follows)."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            attempts = self._owned_update(
+                conn,
+                job_id,
+                owner,
+                {"state": JobState.QUEUED.value, "lease_owner": None, "lease_expires_at": None,
+                 "message": message, "updated_at": now},
+            )
+            self._event(conn, job_id, attempts, "retry", now, message=message)
+
+    def fail_unowned(self, job_id: str, error: str, *, now: dt.datetime | None = None) -> None:
+        """Mark an unfinished job FAILED whoever holds it (retries exhausted: nobody will run it again)."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            job = conn.execute(self._locked(job_id)).one_or_none()
+            if job is None or JobState(job.state).finished:
+                return
+            self._finish_row(conn, job_id, JobState.FAILED, now, error=error, message="failed")
+            self._event(conn, job_id, job.attempts, "failed", now, message=error)
+
+    def requeue_expired(self, *, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
+        """RUNNING jobs whose lease expired go back to QUEUED; the caller sends each a new message."""
+        now = now or utcnow()
+        requeued = []
+        with self._tx(write=False) as conn:
+            candidates = conn.execute(
+                select(jobs.c.job_id)
+                .where(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now)
+                .limit(limit)
+            ).scalars().all()
+        for job_id in candidates:
+            with self._tx(write=True) as conn:
+                done = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.job_id == job_id,
+                        jobs.c.state == JobState.RUNNING.value,
+                        jobs.c.lease_expires_at < now,
+                    )
+                    .values(
+                        state=JobState.QUEUED.value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        message="requeued: its worker stopped renewing the lease (killed or stalled)",
+                        updated_at=now,
+                    )
+                ).rowcount
+                if done:
+                    job = self._get(conn, job_id)
+                    self._event(conn, job_id, job.attempts, "requeued", now, message=job.message)
+                    requeued.append(job)
+        return requeued
+
+    # ---- what a caller does
+
+    def request_cancel(self, job_id: str, *, now: dt.datetime | None = None) -> Job | None:
+        """Ask the job to stop. QUEUED → CANCELLED at once; RUNNING → flag for the job to see between steps;
+        a finished job is left as it is (cancelling is idempotent). None when the id is unknown."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            row = conn.execute(self._locked(job_id)).one_or_none()
+            if row is None:
+                return None
+            job = _job(row)
+            if job.finished:
+                return job
+            conn.execute(
+                update(jobs).where(jobs.c.job_id == job_id).values(cancel_requested=True, updated_at=now)
+            )
+            if job.state is JobState.QUEUED:
+                self._finish_row(conn, job_id, JobState.CANCELLED, now, message="cancelled before it started")
+                self._event(conn, job_id, job.attempts, "cancelled", now, message="cancelled while queued")
+            else:
+                conn.execute(
+                    update(jobs).where(jobs.c.job_id == job_id).values(message="cancel requested")
+                )
+            return self._get(conn, job_id)
+
+    # ---- helpers
+
+    def _locked(self, job_id: str):
+        query = select(jobs).where(jobs.c.job_id == job_id)
+        return query.with_for_update() if self.dialect == "postgresql" else query
+
+    @staticmethod
+    def _get(conn: Connection, job_id: str) -> Job:
+        return _job(conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one())
+
+    @staticmethod
+    def _owned_update(conn: Connection, job_id: str, owner: str, values: dict[str, Any]) -> int:
+        """Update the row only while `owner` holds the lease; return the attempt number. Else LeaseLost."""
+        row = conn.execute(
+            select(jobs.c.attempts, jobs.c.state).where(jobs.c.job_id == job_id, jobs.c.lease_owner == owner)
+        ).one_or_none()
+        if row is None:
+            raise LeaseLost(f"job {job_id!r} is no longer owned by {owner}")
+        if values:
+            conn.execute(update(jobs).where(jobs.c.job_id == job_id, jobs.c.lease_owner == owner).values(**values))
+        return int(row.attempts)
+
+    @staticmethod
+    def _finish_row(
+        conn: Connection,
+        job_id: str,
+        state: JobState,
+        now: dt.datetime,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str = "",
+        message: str = "",
+    ) -> None:
+        values: dict[str, Any] = dict(
+            state=state.value,
+            error=error,
+            message=message,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        )
+        if result is not None:
+            values["result"] = result
+        if state is JobState.SUCCEEDED:
+            values["progress"] = 1.0
+        conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
+
+    @staticmethod
+    def _event(
+        conn: Connection,
+        job_id: str,
+        attempt: int,
+        name: str,
+        now: dt.datetime,
+        *,
+        step: int | None = None,
+        message: str = "",
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            job_events.insert().values(
+                job_id=job_id, attempt=attempt, event=name, step=step, message=message, metrics=metrics,
+                created_at=now,
+            )
+        )
+
+
+def _job(row: Any) -> Job:
+    m = dict(row._mapping)
+    m["state"] = JobState(m["state"])
+    return Job(**m)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL (readers never block the writer), a busy timeout, and explicit BEGIN so writers take the write
+    lock up front (SQLAlchemy's documented recipe for pysqlite's transaction handling)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("escalon_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def encode_page_token(created_at: dt.datetime, job_id: str, filters: dict[str, str]) -> str:
+    raw = json.dumps({"c": created_at.isoformat(), "j": job_id, "f": filters}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, filters: dict[str, str]) -> tuple[dt.datetime, str]:
+    """Raise ValueError for a malformed token or one made for other filters."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        created_at = dt.datetime.fromisoformat(raw["c"])
+        job_id = str(raw["j"])
+        made_for = raw["f"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError("not a page token returned by ListJobs") from exc
+    if made_for != filters:
+        raise ValueError("the page token was made for other filters; repeat the first call's state and kind")
+    return created_at, job_id

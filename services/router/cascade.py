@@ -1,0 +1,239 @@
+"""The judged cascade (ALGORITHMS.md §1): climb the plan's rungs cheapest first, ask the judges about each
+rung's answers, stop at the first answer they trust; otherwise fuse or return the best seen.
+
+The cascade talks to two small protocols, Generator and Scorer. Over gRPC they are the serving and judge
+clients; in the evaluation harness they are in-process replays — the same decisions either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from escalon.errors import BudgetExceeded, EscalonError, RungUnavailable
+from escalon.registry import Catalogue, Rung
+from escalon.router.policy import RoutePlan, RouteQuery, estimate_tokens
+from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
+
+# An answer is accepted when the panel's confidence reaches τ and at least this share of judges agree.
+AGREEING_SHARE = 2 / 3
+
+
+@dataclass(frozen=True)
+class Generation:
+    texts: list[str]
+    cost_usd: float
+    latency_ms: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeVerdict:
+    judge: str
+    score: float
+    skipped: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    confidence: float
+    answer: str  # parsed answer ("" when none parsed)
+    answer_text: str
+    scores: tuple[JudgeVerdict, ...]
+
+    @property
+    def agreeing_share(self) -> float:
+        ran = [s for s in self.scores if not s.skipped]
+        return sum(s.score >= 0.5 for s in ran) / len(ran) if ran else 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer text with where it came from, as the judges see it."""
+
+    text: str
+    rung: str
+    family: str
+
+
+class Generator(Protocol):
+    async def generate(self, rung: Rung, prompt: str, *, n: int, temperature: float, max_tokens: int,
+                       on_text: Callable[[str], Awaitable[None]] | None = None) -> Generation: ...
+
+
+class Scorer(Protocol):
+    async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
+                    answer_type: int) -> Judgement: ...
+
+
+@dataclass
+class Attempt:
+    rung: str
+    family: str
+    answer: str = ""
+    parsed_answer: str = ""
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    confidence: float = 0.0
+    scores: tuple[JudgeVerdict, ...] = ()
+    accepted: bool = False
+    samples: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    note: str = ""
+
+    @property
+    def answered(self) -> bool:
+        return self.samples > 0
+
+
+@dataclass
+class CascadeResult:
+    answer: str
+    rung: str
+    confidence: float
+    reason: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def total_cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    local_samples: int = 3  # self-hosted rungs: n > 1 lets the consistency judges see agreement
+    remote_samples: int = 1  # paid endpoints and replays: one call
+    temperature: float = 0.7
+
+
+EventSink = Callable[[str, Attempt | None, str], Awaitable[None]]
+
+
+async def _no_event(kind: str, attempt: Attempt | None, message: str) -> None:
+    return None
+
+
+class Cascade:
+    def __init__(self, catalogue: Catalogue, generator: Generator, scorer: Scorer,
+                 sampling: SamplingConfig = SamplingConfig()) -> None:
+        self.catalogue = catalogue
+        self.generator = generator
+        self.scorer = scorer
+        self.sampling = sampling
+
+    def samples_for(self, rung: Rung) -> int:
+        return self.sampling.local_samples if rung.is_local else self.sampling.remote_samples
+
+    def cost_bound(self, rung: Rung, query: RouteQuery) -> float:
+        """An upper estimate of one attempt's cost: every sample runs to max_tokens."""
+        n = self.samples_for(rung)
+        max_tokens = query.max_tokens or rung.max_tokens
+        return rung.cost(estimate_tokens(query.prompt) * n, max_tokens * n)
+
+    def check_budget(self, plan: RoutePlan, query: RouteQuery) -> None:
+        if query.max_cost_usd is None or not plan.rungs:
+            return
+        cheapest = min(plan.rungs, key=lambda name: self.cost_bound(self.catalogue.get(name), query))
+        bound = self.cost_bound(self.catalogue.get(cheapest), query)
+        if bound > query.max_cost_usd:
+            raise BudgetExceeded(
+                f"budget ${query.max_cost_usd:.6f} is below the cheapest candidate's estimated cost "
+                f"${bound:.6f} (rung {cheapest}); raise max_cost_usd or drop it",
+                field="max_cost_usd",
+            )
+
+    async def run(self, query: RouteQuery, plan: RoutePlan, on_event: EventSink = _no_event,
+                  on_text: Callable[[str, str], Awaitable[None]] | None = None) -> CascadeResult:
+        self.check_budget(plan, query)
+        attempts: list[Attempt] = []
+        references: list[Answer] = []
+        spent = 0.0
+        for name in plan.rungs:
+            rung = self.catalogue.get(name)
+            attempt = Attempt(rung.name, rung.family)
+            attempts.append(attempt)
+            if query.max_cost_usd is not None and spent + self.cost_bound(rung, query) > query.max_cost_usd:
+                attempt.note = f"skipped: could exceed the budget (spent ${spent:.6f} of ${query.max_cost_usd:.6f})"
+                continue
+            await on_event("started", attempt, f"asking {rung.name}")
+            with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
+                span.set_attribute(ATTR_RUNG, rung.name)
+                try:
+                    answers = await self._generate(rung, query, attempt, on_text)
+                except (RungUnavailable, asyncio.TimeoutError) as exc:
+                    attempt.note = f"skipped: {exc or 'timed out'}"
+                    await on_event("judged", attempt, attempt.note)
+                    continue
+                spent += attempt.cost_usd
+                judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type)
+                attempt.confidence = judgement.confidence
+                attempt.scores = judgement.scores
+                attempt.parsed_answer = judgement.answer
+                attempt.answer = judgement.answer_text or answers[0].text
+                attempt.accepted = (judgement.confidence >= plan.threshold
+                                    and judgement.agreeing_share >= AGREEING_SHARE)
+                span.set_attribute(ATTR_CONFIDENCE, attempt.confidence)
+                span.set_attribute(ATTR_ACCEPTED, attempt.accepted)
+                span.set_attribute(ATTR_COST_USD, attempt.cost_usd)
+            references.extend(answers)
+            await on_event("judged", attempt, f"{rung.name}: confidence {attempt.confidence:.2f}")
+            if attempt.accepted:
+                return CascadeResult(attempt.answer, rung.name, attempt.confidence,
+                                     f"{rung.name} accepted at confidence {attempt.confidence:.2f} ≥ {plan.threshold:.2f}",
+                                     attempts)
+            await on_event("escalated", attempt, f"{rung.name} below {plan.threshold:.2f}: escalating")
+        return self._fallback(attempts, plan)
+
+    async def _generate(self, rung: Rung, query: RouteQuery, attempt: Attempt,
+                        on_text: Callable[[str, str], Awaitable[None]] | None) -> list[Answer]:
+        started = time.perf_counter()
+        stream = (lambda text: on_text(rung.name, text)) if on_text else None
+        generation = await asyncio.wait_for(
+            self.generator.generate(rung, query.prompt, n=self.samples_for(rung), temperature=self.sampling.temperature,
+                                    max_tokens=query.max_tokens or rung.max_tokens, on_text=stream),
+            timeout=rung.timeout_s,
+        )
+        if not generation.texts:
+            raise RungUnavailable(f"{rung.name} returned no samples")
+        attempt.samples = len(generation.texts)
+        attempt.cost_usd = generation.cost_usd
+        attempt.input_tokens, attempt.output_tokens = generation.input_tokens, generation.output_tokens
+        attempt.latency_ms = generation.latency_ms or (time.perf_counter() - started) * 1000
+        return [Answer(text, rung.name, rung.family) for text in generation.texts]
+
+    def _fallback(self, attempts: list[Attempt], plan: RoutePlan) -> CascadeResult:
+        answered = [a for a in attempts if a.answered]
+        if not answered:
+            notes = "; ".join(f"{a.rung}: {a.note}" for a in attempts)
+            raise RungUnavailable(f"no rung could answer ({notes})")
+        # Fusion: vote over parsed answers weighted by confidence; the winner must beat the best single attempt.
+        votes: dict[str, float] = defaultdict(float)
+        for a in answered:
+            if a.parsed_answer:
+                votes[a.parsed_answer] += a.confidence
+        best = max(answered, key=lambda a: (a.confidence, attempts.index(a)))
+        if votes:
+            winner, weight = max(votes.items(), key=lambda kv: kv[1])
+            supporters = [a for a in answered if a.parsed_answer == winner]
+            if len(supporters) > 1 and weight > best.confidence:
+                chosen = max(supporters, key=lambda a: (a.confidence, attempts.index(a)))
+                return CascadeResult(chosen.answer, chosen.rung, min(1.0, weight),
+                                     f"no rung reached {plan.threshold:.2f}; {len(supporters)} rungs agreed on "
+                                     f"'{winner}' (fused confidence {weight:.2f})", attempts)
+        strongest = answered[-1]
+        if not any(not s.skipped for s in strongest.scores):
+            # No judge could weigh the strongest rung's answer (e.g. one sample, no other family agreeing or
+            # disagreeing): absence of evidence is not evidence against the strongest model.
+            return CascadeResult(strongest.answer, strongest.rung, strongest.confidence,
+                                 f"no rung reached {plan.threshold:.2f}; no judge had evidence on {strongest.rung}, "
+                                 "the strongest rung tried, so its answer stands", attempts)
+        return CascadeResult(best.answer, best.rung, best.confidence,
+                             f"no rung reached {plan.threshold:.2f}; returning the most confident answer "
+                             f"({best.rung}, {best.confidence:.2f})", attempts)

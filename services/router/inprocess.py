@@ -1,0 +1,32 @@
+"""The cascade's Scorer without the network: the judge service's own panel, called in-process.
+
+The evaluation harness sweeps thousands of queries through the same Cascade the Router API runs; this
+adapter (and the serving backends, which the harness calls directly) keeps the decisions identical
+while skipping the gRPC hops.
+"""
+
+from __future__ import annotations
+
+from escalon.judge.panel import DEFAULT_PANEL, Candidate, judge_answers
+from escalon.router.cascade import Answer, Judgement, JudgeVerdict
+
+
+class PanelScorer:
+    def __init__(self, judges: tuple[str, ...] = DEFAULT_PANEL) -> None:
+        self.judges = judges
+
+    async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
+                    answer_type: int) -> Judgement:
+        verdict = judge_answers(
+            prompt,
+            [Candidate(a.text, a.rung, a.family) for a in candidates],
+            references=[Candidate(a.text, a.rung, a.family) for a in references],
+            answer_type=answer_type,
+            judges=self.judges,
+        )
+        return Judgement(
+            confidence=verdict.confidence,
+            answer=verdict.answer or "",
+            answer_text=verdict.answer_text,
+            scores=tuple(JudgeVerdict(s.judge, s.score, s.skipped, s.reason) for s in verdict.scores),
+        )
