@@ -85,7 +85,7 @@ class DistillSettings(ServiceSettings):
         default=5, ge=0, le=100, description="retries of a job after transient errors (broker or database down)"
     )
     retry_backoff_s: float = Field(
-        default=2.0, gt=0, description="base of the exponential retry backoff (full jitter)"
+        default=2.0, gt=0, description="base of the exponential retry backoff (doubling per retry, half of it random)"
     )
     retry_backoff_max_s: float = Field(default=120.0, gt=0, description="cap of one retry delay")
 
@@ -153,5 +153,5 @@ def env_help() -> str:
         env = alias.choices[0] if alias is not None and hasattr(alias, "choices") else f"ESCALON_DISTILL_{name}".upper()
         default = info.default
         shown = "derived from ESCALON_DATA_DIR" if name in {"broker_url", "result_backend", "database_url"} else default
-        lines.append(f"  {env:<40} {info.description or ''} [default: {shown}]")
+        lines.append(f"  {env:<42} {info.description or ''} [default: {shown}]")
     return "\n".join(lines)

@@ -297,9 +297,11 @@ class JobStore:
             updated_at=now,
         )
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(jobs).values(**values).on_conflict_do_nothing(index_elements=["job_id"])
+        stmt = (
+            insert(jobs).values(**values).on_conflict_do_nothing(index_elements=["job_id"]).returning(jobs.c.job_id)
+        )
         with self._tx(write=True) as conn:
-            created = conn.execute(stmt).rowcount == 1
+            created = conn.execute(stmt).first() is not None
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one()
         return _job(row), created
 
@@ -340,8 +342,17 @@ class JobStore:
 
     # ---- what a worker does
 
-    def claim(self, job_id: str, owner: str, lease_s: float, *, now: dt.datetime | None = None) -> Claim:
-        """Take the job for `owner`: RUNNING, attempts + 1, a fresh lease; or say why not."""
+    def claim(
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        *,
+        details: dict[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> Claim:
+        """Take the job for `owner`: RUNNING, attempts + 1, a fresh lease; or say why not. `details` go
+        into the `started` event (host, pid, trace id)."""
         now = now or utcnow()
         with self._tx(write=True) as conn:
             row = conn.execute(self._locked(job_id)).one_or_none()
@@ -385,7 +396,7 @@ class JobStore:
                 now,
                 message=f"attempt {attempt} on {host}",
                 metrics={"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else None,
-                         "resumed": job.checkpoint is not None},
+                         "resumed": job.checkpoint is not None, **(details or {})},
             )
             return Claim(ClaimOutcome.CLAIMED, self._get(conn, job_id))
 
@@ -485,38 +496,38 @@ class JobStore:
             self._finish_row(conn, job_id, JobState.FAILED, now, error=error, message="failed")
             self._event(conn, job_id, job.attempts, "failed", now, message=error)
 
-    def requeue_expired(self, *, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
-        """RUNNING jobs whose lease expired go back to QUEUED; the caller sends each a new message."""
+    def expired_leases(self, *, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
+        """RUNNING jobs whose worker stopped renewing the lease (killed, frozen or cut off)."""
         now = now or utcnow()
-        requeued = []
         with self._tx(write=False) as conn:
-            candidates = conn.execute(
-                select(jobs.c.job_id)
+            rows = conn.execute(
+                select(jobs)
                 .where(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now)
+                .order_by(jobs.c.lease_expires_at)
                 .limit(limit)
-            ).scalars().all()
-        for job_id in candidates:
-            with self._tx(write=True) as conn:
-                done = conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.job_id == job_id,
-                        jobs.c.state == JobState.RUNNING.value,
-                        jobs.c.lease_expires_at < now,
-                    )
-                    .values(
-                        state=JobState.QUEUED.value,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        message="requeued: its worker stopped renewing the lease (killed or stalled)",
-                        updated_at=now,
-                    )
-                ).rowcount
-                if done:
-                    job = self._get(conn, job_id)
-                    self._event(conn, job_id, job.attempts, "requeued", now, message=job.message)
-                    requeued.append(job)
-        return requeued
+            ).all()
+        return [_job(r) for r in rows]
+
+    def mark_requeued(self, job_id: str, *, now: dt.datetime | None = None) -> bool:
+        """RUNNING with an expired lease → QUEUED (after its new message was sent). False when a worker
+        already claimed it again, or another reaper got there first."""
+        now = now or utcnow()
+        message = "requeued: its worker stopped renewing the lease (killed or cut off)"
+        with self._tx(write=True) as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.job_id == job_id,
+                    jobs.c.state == JobState.RUNNING.value,
+                    jobs.c.lease_expires_at < now,
+                )
+                .values(state=JobState.QUEUED.value, lease_owner=None, lease_expires_at=None, message=message,
+                        updated_at=now)
+            ).rowcount
+            if done:
+                attempts = conn.execute(select(jobs.c.attempts).where(jobs.c.job_id == job_id)).scalar_one()
+                self._event(conn, job_id, attempts, "requeued", now, message=message)
+        return bool(done)
 
     # ---- what a caller does
 

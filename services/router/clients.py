@@ -35,27 +35,38 @@ class ServingClient:
         started = time.perf_counter()
         try:
             if on_text is None:
-                response = await self.stub.Generate(request, timeout=rung.timeout_s)
+                responses = [await self.stub.Generate(request, timeout=rung.timeout_s)]
             else:
-                response = None
-                stream = self.stub.GenerateStream(serving_pb2.GenerateStreamRequest(request=request),
-                                                  timeout=rung.timeout_s)
-                async for piece in stream:
-                    if piece.text:
-                        await on_text(piece.text)
-                    if piece.done:
-                        response = piece.response
-                if response is None:
-                    raise RungUnavailable(f"{rung.name}: the stream ended without a final response")
+                # Serving streams one sample; the other n - 1 come from a Generate call alongside it.
+                streamed = serving_pb2.GenerateRequest()
+                streamed.CopyFrom(request)
+                streamed.n = 1
+                calls = [self._stream(rung, streamed, on_text)]
+                if n > 1:
+                    rest = serving_pb2.GenerateRequest()
+                    rest.CopyFrom(request)
+                    rest.n = n - 1
+                    calls.append(self.stub.Generate(rest, timeout=rung.timeout_s))
+                responses = list(await asyncio.gather(*calls))
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, f"rung {rung.name}") from None
         return Generation(
-            texts=[s.text for s in response.samples],
-            cost_usd=response.usage.cost_usd,
-            latency_ms=response.latency_ms or (time.perf_counter() - started) * 1000,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
+            texts=[s.text for r in responses for s in r.samples],
+            cost_usd=sum(r.usage.cost_usd for r in responses),
+            latency_ms=max(r.latency_ms for r in responses) or (time.perf_counter() - started) * 1000,
+            input_tokens=sum(r.usage.input_tokens for r in responses),
+            output_tokens=sum(r.usage.output_tokens for r in responses),
         )
+
+    async def _stream(self, rung: Rung, request: serving_pb2.GenerateRequest,
+                      on_text: Callable[[str], Awaitable[None]]) -> serving_pb2.GenerateResponse:
+        stream = self.stub.GenerateStream(serving_pb2.GenerateStreamRequest(request=request), timeout=rung.timeout_s)
+        async for piece in stream:
+            if piece.text:
+                await on_text(piece.text)
+            if piece.done:
+                return piece.response
+        raise RungUnavailable(f"{rung.name}: the stream ended without a final response")
 
     async def list_models(self) -> serving_pb2.ListModelsResponse:
         return await self.stub.ListModels(serving_pb2.ListModelsRequest())

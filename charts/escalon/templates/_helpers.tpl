@@ -58,17 +58,17 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Enabled components as YAML: each one's values plus the facts that are contracts, not settings
-(entry point, probe kind, port variable). deployments/services/hpas/pdbs all range over this,
+(entry point, probe kind, settings prefix). deployments/services/hpas/pdbs all range over this,
 so a component is described once.
 */}}
 {{- define "escalon.components" -}}
 {{- $v := .Values -}}
 {{- $all := dict
-  "router"  (dict "on" $v.router.enabled "values" $v.router "args" (list "-m" "escalon.router") "probe" "grpc" "portEnv" "ESCALON_ROUTER_PORT" "public" true)
-  "judge"   (dict "on" $v.judge.enabled "values" $v.judge "args" (list "-m" "escalon.judge") "probe" "grpc" "portEnv" "ESCALON_JUDGE_PORT" "public" false)
-  "serving" (dict "on" $v.serving.enabled "values" $v.serving "args" (list "-m" "escalon.serving") "probe" "grpc" "portEnv" "ESCALON_SERVING_PORT" "public" false)
-  "distill" (dict "on" $v.distill.enabled "values" $v.distill.front "args" (list "-m" "escalon.distill") "probe" "grpc" "portEnv" "ESCALON_DISTILL_PORT" "public" false)
-  "gateway" (dict "on" $v.gateway.enabled "values" $v.gateway "args" (list "-m" "escalon.gateway") "probe" "http" "portEnv" "ESCALON_GATEWAY_PORT" "public" true)
+  "router"  (dict "on" $v.router.enabled "values" $v.router "args" (list "-m" "escalon.router") "probe" "grpc" "envPrefix" "ESCALON_ROUTER_" "public" true)
+  "judge"   (dict "on" $v.judge.enabled "values" $v.judge "args" (list "-m" "escalon.judge") "probe" "grpc" "envPrefix" "ESCALON_JUDGE_" "public" false)
+  "serving" (dict "on" $v.serving.enabled "values" $v.serving "args" (list "-m" "escalon.serving") "probe" "grpc" "envPrefix" "ESCALON_SERVING_" "public" false)
+  "distill" (dict "on" $v.distill.enabled "values" $v.distill.front "args" (list "-m" "escalon.distill") "probe" "grpc" "envPrefix" "ESCALON_DISTILL_" "public" false)
+  "gateway" (dict "on" $v.gateway.enabled "values" $v.gateway "args" (list "-m" "escalon.gateway") "probe" "http" "envPrefix" "ESCALON_GATEWAY_" "public" true)
 -}}
 {{- $on := dict -}}
 {{- range $name, $c := $all -}}
@@ -107,7 +107,7 @@ so a component is described once.
 {{- define "escalon.rung" -}}
 {{- $t := .tier -}}
 name: {{ .name }}
-family: {{ $t.family }}
+family: {{ $t.family | quote }}
 backend: {{ $t.backend }}
 model: {{ $t.model | quote }}
 prompt_format: {{ $t.promptFormat | default "chat" }}
@@ -118,6 +118,15 @@ base_url: {{ . | quote }}
 {{- end }}
 {{- with $t.apiKeyEnv }}
 api_key_env: {{ . }}
+{{- end }}
+{{- with $t.benchmark }}
+benchmark: {{ . | quote }}
+{{- end }}
+{{- with $t.maxTokens }}
+max_tokens: {{ int . }}
+{{- end }}
+{{- with $t.timeoutSeconds }}
+timeout_s: {{ . }}
 {{- end }}
 {{- if has $t.backend (list "local-gguf" "hf") }}
 autoscaling: {min_replicas: {{ int $t.autoscaling.minReplicas }}, max_replicas: {{ int $t.autoscaling.maxReplicas }}, target_ongoing_requests: {{ $t.autoscaling.targetOngoingRequests }}}
@@ -226,13 +235,23 @@ a fallback value; call with (dict "env" NAME "setting" $setting "fallback" "..."
   mountPath: /tmp
 {{- end -}}
 
-{{/* The catalogue is mounted as a directory (not subPath) so running pods see updates too. */}}
+{{/*
+The catalogue is mounted as a directory (not subPath) so running pods see updates too. The data
+dir is scratch space, except for the distill front and workers (call with "shared" true): they
+share job artefacts and benchmark files through one claim when distill.sharedData is enabled.
+*/}}
 {{- define "escalon.volumes" -}}
+{{- $shared := and .shared .root.Values.distill.sharedData.enabled -}}
 - name: catalogue
   configMap:
-    name: {{ include "escalon.fullname" . }}-catalogue
+    name: {{ include "escalon.fullname" .root }}-catalogue
 - name: data
+{{- if $shared }}
+  persistentVolumeClaim:
+    claimName: {{ .root.Values.distill.sharedData.existingClaim | default (printf "%s-distill-data" (include "escalon.fullname" .root)) }}
+{{- else }}
   emptyDir: {}
+{{- end }}
 - name: tmp
   emptyDir: {}
 {{- end -}}
@@ -241,12 +260,21 @@ a fallback value; call with (dict "env" NAME "setting" $setting "fallback" "..."
 serviceAccountName: {{ include "escalon.serviceAccountName" . }}
 # No Escalon process talks to the Kubernetes API.
 automountServiceAccountToken: false
+{{ include "escalon.podSecurity" . | trim }}
+{{- end -}}
+
+{{- define "escalon.podSecurity" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* The Ray head's own account: KubeRay binds the autoscaler's Role to it, and to nothing else. */}}
+{{- define "escalon.rayHeadServiceAccountName" -}}
+{{- printf "%s-ray-head" (include "escalon.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Soft spread over nodes, so one node's loss takes at most a share of a component. */}}

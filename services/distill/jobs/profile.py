@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd  # noqa: F401 - loaded before a prefork worker forks, not in each job
 import pyarrow.parquet as pq
 from pydantic import Field
 

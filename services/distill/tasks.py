@@ -1,0 +1,60 @@
+"""The Celery task: a thin adapter over escalon.distill.runner (STYLE practice 8).
+
+One task, `escalon.distill.run_job(job_id)`. It only routes (a message that reached the wrong queue is
+forwarded to the job's own), calls `runner.execute`, and retries transient errors with exponential
+backoff and jitter. Everything a job does lives in escalon.distill.jobs; everything about its state in
+the job store. Anyone can start a stored job by name:
+
+    app.send_task("escalon.distill.run_job", args=[job_id], task_id=job_id, queue="cpu")
+
+A redelivered or duplicate message is harmless: the job is claimed through its lease, and a finished job
+is never run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from escalon.distill import runner
+
+if TYPE_CHECKING:
+    from escalon.distill.celery_app import DistillCelery
+
+log = logging.getLogger(__name__)
+
+
+def register(app: DistillCelery) -> Any:
+    """Define the task on `app` (name fixed, so senders need no import of this module)."""
+    from escalon.distill.celery_app import TASK_NAME
+
+    settings = app.settings
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=settings.max_retries)
+    def run_job(self: Any, job_id: str) -> dict[str, Any]:
+        try:
+            store = app.job_store()
+            job = store.get(job_id)
+            delivered = (self.request.delivery_info or {}).get("routing_key")
+            if job is not None and not job.finished and delivered and delivered != job.queue:
+                log.info("job %s arrived on %r; forwarding to its queue %r", job_id, delivered, job.queue)
+                runner.send_job(app, job)
+                return runner.Outcome(job_id, job.state.value, f"forwarded to queue {job.queue}", job.attempts).as_dict()
+            return runner.execute(store, settings, job_id).as_dict()
+        except runner.TRANSIENT_ERRORS as exc:
+            if self.request.retries >= self.max_retries:
+                _give_up(app, job_id, exc, self.request.retries)
+                raise
+            delay = runner.backoff_delay(self.request.retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
+            log.warning("job %s: %s: %s; retry %d in %.1fs", job_id, type(exc).__name__, exc,
+                        self.request.retries + 1, delay)
+            raise self.retry(exc=exc, countdown=delay) from exc
+
+    return run_job
+
+
+def _give_up(app: DistillCelery, job_id: str, exc: BaseException, retries: int) -> None:
+    try:
+        app.job_store().fail_unowned(job_id, f"gave up after {retries} retries: {type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the store is likely what is down; the lease will expire
+        log.exception("job %s: could not record the failure", job_id)

@@ -1,0 +1,75 @@
+"""Gateway settings (env prefix ESCALON_GATEWAY_): where the Router API and the services the operator's page
+reads from are, who may call, how fast, and how much traffic the page remembers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from escalon.config import ServiceSettings
+
+
+def _split(value: object) -> object:
+    """A JSON list, or comma-separated text (what fits in a Kubernetes Secret or a shell line)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ESCALON_GATEWAY_", extra="ignore")
+
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    router_address: str = Field(default="127.0.0.1:50051", description="RouterService host:port (every answer)")
+    serving_address: str = Field(default="127.0.0.1:50053",
+                                 description="ModelServing host:port (/v1/models, rung health on the page)")
+    distill_address: str = Field(default="127.0.0.1:50054", description="DistillService host:port (jobs on the page)")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="accepted bearer keys, comma-separated or a JSON list; empty = no authentication",
+    )
+    rate_limit_rps: float = Field(default=0.0, ge=0, description="requests per second per API key (per client "
+                                  "address without keys), a token bucket; 0 = no limit")
+    rate_limit_burst: int = Field(default=20, ge=1, le=100_000, description="token bucket size: requests allowed at once")
+    operating_points: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["economy", "balanced", "max-quality"],
+        description="operating points /v1/models lists as escalon/<name> (the names of ESCALON_ROUTER_OPERATING_POINTS)",
+    )
+    request_timeout_s: float = Field(default=900.0, gt=0, le=3600, description="deadline of one route, in seconds")
+    upstream_timeout_s: float = Field(default=5.0, gt=0, le=120,
+                                      description="deadline of ListModels / ListJobs / health calls")
+    traffic_window_s: float = Field(default=3600.0, gt=0, le=7 * 86400,
+                                    description="how far back the page's traffic figures reach")
+    traffic_max_routes: int = Field(default=10_000, ge=1, le=1_000_000,
+                                    description="routes the in-memory traffic window keeps at most")
+    frontier_report: Path | None = Field(
+        default=None,
+        description="eval report JSON for the frontier plot ({points: [{name, cost_usd, quality}]} or an "
+        "escalon.profile/v1 table); the live window's operating points when unset",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="browser origins allowed to call the API (CORS); empty = none"
+    )
+
+    @field_validator("api_keys", "operating_points", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_blank(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        if any(not key.get_secret_value().strip() for key in keys):
+            raise ValueError("an API key is empty")
+        return keys
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)

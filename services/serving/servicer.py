@@ -1,0 +1,201 @@
+"""ModelServingService: validates requests, calls a rung through the tiers, prices and reports the answer.
+
+Validation lives here, in front of Ray, so a bad request costs a microsecond and never a Ray hop; each
+message names the field. Exact token limits of local rungs are checked again by their tokenizer in the
+replica. Errors are raised as escalon.errors types; the bootstrap's interceptor maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import grpc
+from opentelemetry import trace
+
+from escalon.errors import ConfigError, InvalidInput
+from escalon.gen.common.v1 import common_pb2
+from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
+from escalon.registry import Catalogue, Rung
+from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
+
+from .backends import GenerateParams, GenerateResult
+from .backends.base import estimate_tokens
+from .settings import ServingSettings
+from .tiers import InProcessTiers, RayTiers, Tiers
+
+MAX_SAMPLES = 32
+MAX_TOP_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+
+
+class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
+    """The servicer and the Service the shared bootstrap (escalon.grpc) runs."""
+
+    service_names = (serving_pb2.DESCRIPTOR.services_by_name["ModelServingService"].full_name,)
+
+    def __init__(self, settings: ServingSettings, catalogue: Catalogue, tiers: Tiers | None = None) -> None:
+        unknown = [name for name in settings.rungs if name not in catalogue.by_name]
+        if unknown:
+            raise ConfigError(
+                f"ESCALON_SERVING_RUNGS names rungs not in the catalogue: {', '.join(unknown)}; "
+                f"known rungs: {', '.join(catalogue.names)}"
+            )
+        self.settings = settings
+        self.catalogue = catalogue
+        self.rungs = [catalogue.get(name) for name in settings.rungs] if settings.rungs else list(catalogue.rungs)
+        self._served = {rung.name for rung in self.rungs}
+        runtime = InProcessTiers if settings.runtime == "inprocess" else RayTiers
+        self.tiers: Tiers = tiers or runtime(self.rungs, settings)
+
+    # ---- the Service protocol of escalon.grpc ----------------------------------------------------------
+
+    def register(self, server: grpc.aio.Server) -> None:
+        serving_pb2_grpc.add_ModelServingServiceServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        await self.tiers.start()
+
+    async def close(self) -> None:
+        await self.tiers.close()
+
+    # ---- RPCs ------------------------------------------------------------------------------------------
+
+    async def Generate(self, request: serving_pb2.GenerateRequest, context) -> serving_pb2.GenerateResponse:
+        rung, params = self._validate(request)
+        started = time.perf_counter()
+        result = await self.tiers.generate(rung.name, params, self._timeout(rung, context))
+        return self._response(rung, params, result, started)
+
+    async def GenerateStream(self, request: serving_pb2.GenerateStreamRequest, context):
+        rung, params = self._validate(request.request, prefix="request.")
+        if params.n != 1:
+            raise InvalidInput(f"GenerateStream streams one sample; use Generate for n > 1 (got {params.n})",
+                               field="request.n")
+        started = time.perf_counter()
+        async for item in self.tiers.stream(rung.name, params, self._timeout(rung, context)):
+            if isinstance(item, GenerateResult):
+                response = self._response(rung, params, item, started)
+                yield serving_pb2.GenerateStreamResponse(done=True, response=response)
+            elif item:
+                yield serving_pb2.GenerateStreamResponse(text=item)
+
+    async def ListModels(self, request: serving_pb2.ListModelsRequest, context) -> serving_pb2.ListModelsResponse:
+        health = await asyncio.gather(*(self.tiers.health(rung.name) for rung in self.rungs))
+        return serving_pb2.ListModelsResponse(
+            rungs=[
+                serving_pb2.Rung(
+                    name=rung.name,
+                    family=rung.family,
+                    backend=rung.backend,
+                    model=rung.model,
+                    prompt_format=rung.prompt_format,
+                    input_usd_per_1m=rung.price.input_per_1m,
+                    output_usd_per_1m=rung.price.output_per_1m,
+                    context_limit=rung.context_limit,
+                    healthy=healthy,
+                    status=status,
+                )
+                for rung, (healthy, status) in zip(self.rungs, health)
+            ]
+        )
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+
+    def _validate(self, request: serving_pb2.GenerateRequest, prefix: str = "") -> tuple[Rung, GenerateParams]:
+        served = ", ".join(r.name for r in self.rungs)
+        if not request.rung:
+            raise InvalidInput(f"required; served rungs: {served}", field=f"{prefix}rung")
+        rung = self.catalogue.get(request.rung, field=f"{prefix}rung")
+        if rung.name not in self._served:
+            raise InvalidInput(f"rung {rung.name!r} is in the catalogue but not served here; served rungs: {served}",
+                               field=f"{prefix}rung")
+        prompt = request.prompt
+        if not prompt.strip():
+            raise InvalidInput("must not be empty", field=f"{prefix}prompt")
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise InvalidInput(
+                f"{len(prompt)} characters exceeds the limit of {self.settings.max_prompt_chars} "
+                "(ESCALON_SERVING_MAX_PROMPT_CHARS)",
+                field=f"{prefix}prompt",
+            )
+        if estimate_tokens(prompt) >= rung.context_limit:
+            raise InvalidInput(
+                f"about {estimate_tokens(prompt)} tokens (characters / 4) does not fit rung {rung.name}'s "
+                f"context limit of {rung.context_limit} tokens",
+                field=f"{prefix}prompt",
+            )
+        n = request.n or 1
+        if not 1 <= n <= MAX_SAMPLES:
+            raise InvalidInput(f"must be between 1 and {MAX_SAMPLES} (0 means 1), got {request.n}", field=f"{prefix}n")
+        if not (math.isfinite(request.temperature) and 0 <= request.temperature <= 2):
+            raise InvalidInput(f"must be between 0 and 2, got {request.temperature}", field=f"{prefix}temperature")
+        if request.max_tokens < 0 or request.max_tokens > rung.context_limit:
+            raise InvalidInput(
+                f"must be between 0 (the rung's default, {rung.max_tokens}) and rung {rung.name}'s context limit "
+                f"of {rung.context_limit}, got {request.max_tokens}",
+                field=f"{prefix}max_tokens",
+            )
+        if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}",
+                               field=f"{prefix}top_logprobs")
+        if len(request.stop) > MAX_STOP_STRINGS or any(not s for s in request.stop):
+            raise InvalidInput(f"at most {MAX_STOP_STRINGS} non-empty strings", field=f"{prefix}stop")
+        params = GenerateParams(
+            prompt=prompt,
+            max_tokens=request.max_tokens or rung.max_tokens,
+            n=n,
+            temperature=request.temperature,
+            stop=tuple(request.stop),
+            logprobs=request.logprobs or request.top_logprobs > 0,
+            top_logprobs=request.top_logprobs,
+            seed=request.seed if request.HasField("seed") else None,
+        )
+        span = trace.get_current_span()
+        span.set_attribute(ATTR_RUNG, rung.name)
+        span.set_attribute(ATTR_RUNG_BACKEND, rung.backend)
+        span.set_attribute(ATTR_SAMPLES, n)
+        return rung, params
+
+    @staticmethod
+    def _timeout(rung: Rung, context) -> float:
+        """The rung's timeout, or less when the caller's deadline is nearer."""
+        remaining = context.time_remaining() if context is not None else None
+        return min(rung.timeout_s, remaining) if remaining is not None else rung.timeout_s
+
+    @staticmethod
+    def _response(rung: Rung, params: GenerateParams, result: GenerateResult, started: float) -> serving_pb2.GenerateResponse:
+        cost = result.cost_usd if result.cost_usd is not None else rung.cost(result.input_tokens, result.output_tokens)
+        trace.get_current_span().set_attribute(ATTR_COST_USD, cost)
+        response = serving_pb2.GenerateResponse(
+            rung=rung.name,
+            samples=[
+                serving_pb2.Sample(
+                    text=sample.text,
+                    finish_reason=sample.finish_reason,
+                    output_tokens=sample.output_tokens,
+                    logprobs=[_token_pb(t) for t in sample.logprobs] if params.logprobs else [],
+                )
+                for sample in result.samples
+            ],
+            usage=common_pb2.Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost_usd=cost),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        if result.reference_score is not None:
+            response.reference_score = result.reference_score
+        return response
+
+
+def _token_pb(token) -> common_pb2.TokenLogprob:
+    message = common_pb2.TokenLogprob(
+        token=token.token,
+        logprob=token.logprob,
+        top=[common_pb2.TopLogprob(token=t, logprob=lp) for t, lp in token.top],
+    )
+    if token.entropy is not None:
+        message.entropy = token.entropy
+    if token.self_certainty is not None:
+        message.self_certainty = token.self_certainty
+    return message
+

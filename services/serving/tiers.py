@@ -1,0 +1,226 @@
+"""How the gRPC front reaches the rungs: through Ray Serve deployment handles, or in-process.
+
+Both runtimes take the same (params, carrier) and return the same GenerateResult, so the servicer does
+not know which one it talks to. Each call gets a client span and the W3C trace context is injected into
+the carrier, which the replica extracts (deployment.RungReplica): one trace spans both processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from opentelemetry import propagate, trace
+
+from escalon.errors import EscalonError, RungUnavailable
+from escalon.registry import Rung
+from escalon.telemetry import ATTR_RUNG, tracer
+
+from .backends import GenerateParams, GenerateResult
+from .deployment import RungReplica
+from .settings import ServingSettings
+
+log = logging.getLogger(__name__)
+_tracer = tracer("escalon.serving.tiers")
+
+
+class Tiers(Protocol):
+    async def start(self) -> None: ...
+
+    async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult: ...
+
+    def stream(self, rung: str, params: GenerateParams, timeout: float) -> AsyncIterator[str | GenerateResult]: ...
+
+    async def health(self, rung: str) -> tuple[bool, str]: ...
+
+    async def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def _client_span(name: str, rung: str):
+    """A span around one call to a rung, and the carrier that takes its context to the replica."""
+    with _tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes={ATTR_RUNG: rung}):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield carrier
+
+
+class InProcessTiers:
+    """The rungs' backends in this process: no Ray, no hop. For tests of other services and benchmarks."""
+
+    def __init__(self, rungs: list[Rung], settings: ServingSettings) -> None:
+        self.rungs = rungs
+        self.settings = settings
+        self.replicas: dict[str, RungReplica] = {}
+
+    async def start(self) -> None:
+        async def load(rung: Rung) -> None:
+            self.replicas[rung.name] = await asyncio.to_thread(
+                RungReplica, rung, self.settings.models_dir, self.settings.torch_threads
+            )
+
+        await asyncio.gather(*(load(rung) for rung in self.rungs))
+
+    async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
+        with _client_span("escalon.serving.inprocess/Generate", rung) as carrier:
+            try:
+                return await asyncio.wait_for(self.replicas[rung].generate(params, carrier), timeout)
+            except TimeoutError:
+                raise RungUnavailable(f"rung {rung} did not answer within {timeout:g}s") from None
+
+    async def stream(self, rung: str, params: GenerateParams, timeout: float) -> AsyncIterator[str | GenerateResult]:
+        with _client_span("escalon.serving.inprocess/GenerateStream", rung) as carrier:
+            try:
+                async with asyncio.timeout(timeout):
+                    async for item in self.replicas[rung].stream(params, carrier):
+                        yield item
+            except TimeoutError:
+                raise RungUnavailable(f"rung {rung} did not finish within {timeout:g}s") from None
+
+    async def health(self, rung: str) -> tuple[bool, str]:
+        replica = self.replicas.get(rung)
+        if replica is None:
+            return False, "not loaded"
+        try:
+            return True, await asyncio.wait_for(replica.health(), self.settings.health_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: ListModels lists every rung
+            return False, _describe(exc)
+
+    async def close(self) -> None:
+        for replica in self.replicas.values():
+            await replica.close()
+        self.replicas.clear()
+
+
+class RayTiers:
+    """Each rung a Ray Serve application named after it; the front holds one DeploymentHandle per rung.
+
+    start: ray.init (a local Ray, or ray_address) → with deploy, serve.run_many(one app per rung) and wait
+    until every app is RUNNING (health says SERVING only after this) → a handle per rung.
+    close: Serve and Ray are shut down only if this process started them; apps on a shared cluster stay.
+    """
+
+    def __init__(self, rungs: list[Rung], settings: ServingSettings) -> None:
+        self.rungs = rungs
+        self.settings = settings
+        self.handles: dict[str, Any] = {}
+        self._started_ray = False
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
+
+    def _start_blocking(self) -> None:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            if self.settings.ray_address:
+                ray.init(address=self.settings.ray_address, namespace="escalon")
+            else:
+                session_dir = self.settings.ray_session_dir
+                session_dir.mkdir(parents=True, exist_ok=True)
+                ray.init(
+                    num_cpus=self.settings.ray_num_cpus,
+                    _temp_dir=str(session_dir.resolve()),
+                    include_dashboard=False,  # ~1 s and ~100 MB we do not need; the Serve API gives status
+                    namespace="escalon",
+                )
+                self._started_ray = True
+        if self.settings.deploy:
+            from .deployment import bind_rung
+
+            # Handles only, no HTTP/gRPC proxies: the front is the one entry point.
+            serve.start(proxy_location="Disabled")
+            targets = [
+                serve.RunTarget(
+                    target=bind_rung(rung, self.settings.models_dir, self.settings.torch_threads),
+                    name=rung.name,
+                    route_prefix=None,
+                )
+                for rung in self.rungs
+            ]
+            try:
+                serve.run_many(targets, wait_for_applications_running=True)
+            except Exception as exc:  # a replica failed to start: say which rung and why, once
+                raise RungUnavailable(f"deploying rungs {', '.join(r.name for r in self.rungs)} failed: {exc}") from exc
+        missing = []
+        for rung in self.rungs:
+            try:
+                self.handles[rung.name] = serve.get_app_handle(rung.name)
+            except Exception:  # noqa: BLE001 - collected and reported together below
+                missing.append(rung.name)
+        if missing:
+            raise RungUnavailable(
+                f"no Serve application named {', '.join(missing)} on the Ray cluster "
+                f"{self.settings.ray_address or '(local)'}; deploy them (RayService) or set ESCALON_SERVING_DEPLOY=true"
+            )
+
+    async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
+        with _client_span("escalon.serving.ray/Generate", rung) as carrier:
+            try:
+                return await asyncio.wait_for(self.handles[rung].generate.remote(params, carrier), timeout)
+            except TimeoutError:
+                raise RungUnavailable(f"rung {rung} did not answer within {timeout:g}s") from None
+            except Exception as exc:
+                raise _unwrap(exc, rung) from None
+
+    async def stream(self, rung: str, params: GenerateParams, timeout: float) -> AsyncIterator[str | GenerateResult]:
+        with _client_span("escalon.serving.ray/GenerateStream", rung) as carrier:
+            try:
+                async with asyncio.timeout(timeout):
+                    async for item in self.handles[rung].options(stream=True).stream.remote(params, carrier):
+                        yield item
+            except TimeoutError:
+                raise RungUnavailable(f"rung {rung} did not finish within {timeout:g}s") from None
+            except Exception as exc:
+                raise _unwrap(exc, rung) from None
+
+    async def health(self, rung: str) -> tuple[bool, str]:
+        handle = self.handles.get(rung)
+        if handle is None:
+            return False, "no Serve application"
+        try:
+            return True, await asyncio.wait_for(handle.health.remote(), self.settings.health_timeout_s)
+        except TimeoutError:
+            return False, f"no answer to a health check within {self.settings.health_timeout_s:g}s"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: ListModels lists every rung
+            return False, _describe(_unwrap(exc, rung))
+
+    async def close(self) -> None:
+        self.handles.clear()
+        if self._started_ray:
+            await asyncio.to_thread(self._shutdown_blocking)
+
+    def _shutdown_blocking(self) -> None:
+        import ray
+        from ray import serve
+
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        self._started_ray = False
+
+
+def _unwrap(exc: BaseException, rung: str) -> Exception:
+    """Ray wraps a replica's exception (RayTaskError(InvalidInput) with .cause); give back the domain error,
+    and turn Ray's own failures (dead actor, unavailable deployment, back-pressure) into RungUnavailable."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, EscalonError):
+        return cause
+    if isinstance(exc, EscalonError):
+        return exc
+    if cause is not None and type(exc).__module__.startswith("ray.exceptions") and "RayTaskError" in type(exc).__name__:
+        return RuntimeError(f"rung {rung} failed: {type(cause).__name__}: {cause}")
+    return RungUnavailable(f"rung {rung} is unavailable: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
