@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BUF    := npx --yes @bufbuild/buf@1.59.0
 
 .DEFAULT_GOAL := help
-.PHONY: help run test install proto proto-check lint-proto bench clean
+.PHONY: help run test install proto proto-check lint-proto bench chart-test image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ lint-proto: ## buf lint (STANDARD) over protos/
 
 bench: $(STAMP) ## latency and throughput benchmarks, with their baselines
 	$(BIN)/escalon bench
+
+chart-test: $(STAMP) ## render, lint and validate the Helm chart and the runbook (no cluster needed)
+	$(BIN)/python -m pytest tests/unit/deploy -q
+
+image: ## build the service image (needs a Docker engine)
+	docker build -f deploy/docker/Dockerfile -t escalon:0.1.0 .
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

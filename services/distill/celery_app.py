@@ -89,7 +89,7 @@ def broker_transport_options(settings: DistillSettings) -> dict[str, Any]:
 
 def create_celery(settings: DistillSettings) -> DistillCelery:
     """The distill app for these settings. Registers the task; opens no connection."""
-    from escalon.distill import tasks  # noqa: PLC0415 - tasks import this module
+    from escalon.distill import tasks  # here, not at the top: tasks imports this module
 
     app = DistillCelery(settings)
     app.conf.update(
@@ -114,6 +114,10 @@ def create_celery(settings: DistillSettings) -> DistillCelery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         worker_enable_remote_control=settings.broker_kind in {"redis", "amqp"},
+        # How long the pool waits for the result of a process that died before it calls the job lost and
+        # requeues it (Celery: 10 s). Safe to shorten: a job that did finish is recorded in the job store,
+        # so its requeued message finds it finished and does nothing.
+        worker_lost_wait=2.0,
         enable_utc=True,
     )
     if settings.broker_kind == "sqlalchemy":

@@ -139,7 +139,7 @@ class Heartbeat:
             except LeaseLost:
                 log.warning("job %s: lease lost; the job's next write will stop it", self._job_id)
                 return
-            except Exception:  # noqa: BLE001 - the database may be back by the next beat
+            except Exception:  # the database may be back by the next beat
                 log.warning("job %s: could not renew the lease", self._job_id, exc_info=True)
 
 
@@ -171,10 +171,10 @@ def execute(store: JobStore, settings: DistillSettings, job_id: str, *, owner: s
         except TRANSIENT_ERRORS as exc:
             try:
                 store.release(job_id, owner, f"transient error, will retry: {type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001 - the store may be what failed; the lease then expires
+            except Exception:  # the store may be what failed; the lease then expires
                 log.warning("job %s: could not release after a transient error", job_id, exc_info=True)
             raise
-        except Exception as exc:  # noqa: BLE001 - the job's own failure: recorded, not retried
+        except Exception as exc:  # the job's own failure: recorded, not retried
             log.exception("job %s failed", job_id)
             store.finish(job_id, owner, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             return Outcome(job_id, JobState.FAILED.value, str(exc), job.attempts)
@@ -191,7 +191,7 @@ def reap(app: Any) -> list[str]:
     for job in store.expired_leases():
         try:
             send_job(app, job)
-        except Exception:  # noqa: BLE001 - broker down: the next pass tries again
+        except Exception:  # broker down: the next pass tries again
             log.warning("could not requeue job %s", job.job_id, exc_info=True)
             continue
         if store.mark_requeued(job.job_id):
@@ -220,5 +220,5 @@ class Reaper:
         while not self._stop.wait(self._interval):
             try:
                 reap(self._app)
-            except Exception:  # noqa: BLE001 - keep reaping after a database hiccup
+            except Exception:  # keep reaping after a database hiccup
                 log.warning("lease reaper pass failed", exc_info=True)

@@ -162,7 +162,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         if job.cancel_requested and self.app.conf.worker_enable_remote_control:
             try:
                 await self._on_broker(self.app.control.revoke, job.job_id)
-            except Exception:  # noqa: BLE001 - revoking is an optimisation; the store already says cancel
+            except Exception:  # revoking is an optimisation; the store already says cancel
                 log.warning("could not revoke job %s on the broker", job.job_id, exc_info=True)
         return distill_pb2.CancelJobResponse(job=to_proto(job))
 

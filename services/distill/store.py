@@ -633,7 +633,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
     lock up front (SQLAlchemy's documented recipe for pysqlite's transaction handling)."""
 
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")

@@ -28,10 +28,12 @@ def register(app: DistillCelery) -> Any:
     """Define the task on `app` (name fixed, so senders need no import of this module)."""
     from escalon.distill.celery_app import TASK_NAME
 
-    settings = app.settings
-
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=settings.max_retries)
+    # shared=False: Celery would otherwise add this app's task to every app created later in the process.
+    @app.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
+              max_retries=app.settings.max_retries)
     def run_job(self: Any, job_id: str) -> dict[str, Any]:
+        app: DistillCelery = self.app
+        settings = app.settings
         try:
             store = app.job_store()
             job = store.get(job_id)
@@ -39,7 +41,8 @@ def register(app: DistillCelery) -> Any:
             if job is not None and not job.finished and delivered and delivered != job.queue:
                 log.info("job %s arrived on %r; forwarding to its queue %r", job_id, delivered, job.queue)
                 runner.send_job(app, job)
-                return runner.Outcome(job_id, job.state.value, f"forwarded to queue {job.queue}", job.attempts).as_dict()
+                forwarded = runner.Outcome(job_id, job.state.value, f"forwarded to queue {job.queue}", job.attempts)
+                return forwarded.as_dict()
             return runner.execute(store, settings, job_id).as_dict()
         except runner.TRANSIENT_ERRORS as exc:
             if self.request.retries >= self.max_retries:
@@ -56,5 +59,5 @@ def register(app: DistillCelery) -> Any:
 def _give_up(app: DistillCelery, job_id: str, exc: BaseException, retries: int) -> None:
     try:
         app.job_store().fail_unowned(job_id, f"gave up after {retries} retries: {type(exc).__name__}: {exc}")
-    except Exception:  # noqa: BLE001 - the store is likely what is down; the lease will expire
+    except Exception:  # the store is likely what is down; the lease will expire
         log.exception("job %s: could not record the failure", job_id)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from escalon.distill.jobs import profile
+from escalon.distill.jobs import evaluate, profile
 from escalon.distill.jobs.base import (
     JobCancelled,
     JobContext,
@@ -28,7 +28,7 @@ from escalon.distill.jobs.base import (
 )
 from escalon.errors import InvalidInput
 
-_ALL: tuple[JobKind, ...] = (profile.KIND,)
+_ALL: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND)
 KINDS = MappingProxyType({kind.name: kind for kind in _ALL})
 
 __all__ = [

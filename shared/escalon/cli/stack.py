@@ -73,10 +73,10 @@ def plan_stack(with_worker: bool = True) -> Stack:
     return Stack(common.data_dir, env, children)
 
 
-async def start_stack(stack: Stack, *, timeout_s: float = 900, echo=print) -> None:
+async def start_stack(stack: Stack, *, timeout_s: float = 900, echo=print, collect_traces: bool = True) -> None:
     logs = stack.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if not stack.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if collect_traces and not stack.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         stack.collector = TraceCollector()
         await stack.collector.start()
         stack.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack.collector.endpoint

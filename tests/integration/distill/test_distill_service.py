@@ -53,9 +53,11 @@ async def front(sqlite_env, worker):
 
     settings = settings_for(sqlite_env)
     service = DistillService(settings)
-    async with running_server(service, settings, "escalon-distill") as running:
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            yield Front(settings, distill_pb2_grpc.DistillServiceStub(channel), service.store, service)
+    async with (
+        running_server(service, settings, "escalon-distill") as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        yield Front(settings, distill_pb2_grpc.DistillServiceStub(channel), service.store, service)
 
 
 async def test_profile_job_streams_progress_to_succeeded(front: Front) -> None:
@@ -96,7 +98,8 @@ async def test_the_same_job_id_runs_once(front: Front) -> None:
     outcome = await asyncio.to_thread(result.get, timeout=30, interval=0.02)
     assert outcome == {"job_id": "once", "state": "SUCCEEDED", "reason": "not run: finished", "attempts": 1}
     events = [e.event for e in front.store.events("once")]
-    assert events.count("started") == 1 and (await front.stub.GetJob(distill_pb2.GetJobRequest(job_id="once"))).job.attempts == 1
+    assert events.count("started") == 1
+    assert (await front.stub.GetJob(distill_pb2.GetJobRequest(job_id="once"))).job.attempts == 1
 
     # The same id with other params is a mistake, not a resubmission.
     with pytest.raises(grpc.aio.AioRpcError) as err:

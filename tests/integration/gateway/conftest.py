@@ -48,6 +48,12 @@ def secured_gateway(stack: Stack) -> Gateway:
 
 
 @pytest.fixture(scope="session")
+def sampling_gateway(stack: Stack) -> Gateway:
+    """A gateway over a router that samples local rungs 3 times, the production default."""
+    return stack.loop.run(stack.start_gateway(router_address=stack.address("router-3")))
+
+
+@pytest.fixture(scope="session")
 def replay_gateway(stack: Stack) -> Gateway:
     """A gateway over the router that has only the replay rungs: answers (or a 503) in milliseconds."""
     return stack.loop.run(stack.start_gateway(router_address=stack.address("replay-router")))

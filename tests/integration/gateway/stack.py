@@ -144,11 +144,11 @@ async def start_stack(stack: Stack, tmp: Path) -> None:
     judge = JudgeSettings(port=0, serving_address=stack.address("serving"))
     await stack.start_server("judge", JudgeService(judge), judge, "escalon-judge")
     common = {"serving_address": stack.address("serving"), "judge_address": stack.address("judge"),
-              "dependency_wait_s": 30, "local_samples": 2, "grace_seconds": 1}
-    router = RouterSettings(port=0, rungs=RUNGS, **common)
-    await stack.start_server("router", RouterService(router, catalogue), router, "escalon-router")
-    replay = RouterSettings(port=0, rungs=REPLAY_RUNGS, **common)
-    await stack.start_server("replay-router", RouterService(replay, catalogue), replay, "escalon-router")
+              "dependency_wait_s": 30, "grace_seconds": 1}
+    # One sample per local attempt keeps SmolLM2 quick on two cores; "router-3" samples as production does.
+    for name, rungs, samples in (("router", RUNGS, 1), ("router-3", RUNGS, 3), ("replay-router", REPLAY_RUNGS, 1)):
+        settings = RouterSettings(port=0, rungs=rungs, local_samples=samples, **common)
+        await stack.start_server(name, RouterService(settings, catalogue), settings, "escalon-router")
     distill = DistillSettings(port=0, data_dir=tmp / "distill", grace_seconds=1)
     await stack.start_server("distill", DistillService(distill), distill, "escalon-distill")
     # One queued job (no worker runs here), so the page has a job to show.

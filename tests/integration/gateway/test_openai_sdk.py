@@ -81,6 +81,13 @@ def test_streaming_sends_the_decided_answer_then_rung_and_cost(gateway):
     assert usage.model_extra["escalon"]["rung"] == escalon["rung"]
 
 
+def test_streaming_through_a_router_that_samples_local_rungs_several_times(sampling_gateway):
+    stream = client(sampling_gateway).chat.completions.create(
+        model=LOCAL, messages=[{"role": "user", "content": SIMPLE}], max_tokens=16, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].model_extra["escalon"]["attempts"][0]["samples"] == 3
+
+
 def test_stream_of_sse_lines_ends_with_done(gateway):
     """The wire format itself: data lines of JSON, then `data: [DONE]` (what every SSE client expects)."""
     body = {"model": MIXTRAL, "messages": [{"role": "user", "content": DEMO_PROMPT}], "stream": True}
@@ -139,8 +146,9 @@ def test_no_rung_available_is_a_503(gateway):
 
 def test_api_keys_and_rate_limit(secured_gateway):
     messages = [{"role": "user", "content": SIMPLE}]
-    with pytest.raises(openai.AuthenticationError) as missing:  # `Authorization: Bearer ` with nothing after it
-        client(secured_gateway, api_key="").chat.completions.create(model="escalon/auto", messages=messages)
+    with pytest.raises(openai.AuthenticationError) as missing:  # no Authorization header at all
+        client(secured_gateway).chat.completions.create(model="escalon/auto", messages=messages,
+                                                        extra_headers={"Authorization": openai.Omit()})
     assert missing.value.status_code == 401 and missing.value.code == "missing_api_key"
     with pytest.raises(openai.PermissionDeniedError) as wrong:
         client(secured_gateway, api_key="sk-not-this-one").models.list()

@@ -66,6 +66,15 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="package")
+def recorded() -> dict:
+    """One recorded Mixtral answer of the demo benchmark."""
+    import pandas as pd
+
+    table = pd.read_parquet(DEMO_BENCHMARK)
+    return table[table["model"] == "mistralai/Mixtral-8x7B-Instruct-v0.1"].iloc[0].to_dict()
+
+
+@pytest.fixture(scope="package")
 def catalogue_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("serving-catalogue") / "catalogue.yaml"
     path.write_text(CATALOGUE)

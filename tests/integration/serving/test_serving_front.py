@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import grpc
-import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -22,6 +21,7 @@ from escalon.telemetry import configure_telemetry, tracer
 pytestmark = pytest.mark.integration
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+DEMO_BENCHMARK = Path(__file__).resolve().parents[3] / "shared" / "escalon" / "demo" / "gsm8k-sample.parquet"
 
 
 @pytest.fixture(params=["ray", "inprocess"])
@@ -33,14 +33,6 @@ def front(request):
 async def stub(front):
     async with grpc.aio.insecure_channel(front.address) as channel:
         yield serving_pb2_grpc.ModelServingServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def recorded() -> dict:
-    from conftest import DEMO_BENCHMARK  # noqa: PLC0415 - the conftest beside this file
-
-    table = pd.read_parquet(DEMO_BENCHMARK)
-    return table[table["model"] == MIXTRAL].iloc[0].to_dict()
 
 
 async def test_health_said_serving_only_after_the_deployments_were_up(ray_front):
@@ -90,7 +82,7 @@ async def test_a_rungs_own_errors_cross_the_hop_with_their_status(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(serving_pb2.GenerateRequest(rung="mixtral-8x7b", prompt="What is the capital of France?"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert err.value.details() == f"prompt not recorded for {MIXTRAL} in {Path(__file__).parents[3] / 'shared/escalon/demo/gsm8k-sample.parquet'}"
+    assert err.value.details() == f"prompt not recorded for {MIXTRAL} in {DEMO_BENCHMARK}"
     # ~600 characters look like 150 tokens to the front, but are ~600 tokens: the replica's tokenizer says no.
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(serving_pb2.GenerateRequest(rung="smollm2-135m", prompt="7 " * 300))

@@ -146,8 +146,19 @@ def _crd_validator(filename: str) -> jsonschema.Draft7Validator:
 kubernetes_validate.utils.schema_contents = cache(kubernetes_validate.utils.schema_contents)
 
 
+_VALID: set[str] = set()  # objects already found valid: renders repeat most of their objects
+
+
 def validate_manifest(obj: dict[str, Any]) -> None:
     """Raise AssertionError naming the object and the first offending path."""
+    key = json.dumps(obj, sort_keys=True)
+    if key in _VALID:
+        return
+    _check(obj)
+    _VALID.add(key)
+
+
+def _check(obj: dict[str, Any]) -> None:
     where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
     crd = CRD_SCHEMAS.get((obj.get("apiVersion"), obj.get("kind")))
     if crd:

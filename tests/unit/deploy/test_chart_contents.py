@@ -169,12 +169,21 @@ def test_startup_probes_allow_for_model_load(dev: Rendered) -> None:
     assert budget("serving") >= 300 > budget("router")
 
 
-def test_gateway_uses_http_probes_on_healthz(dev: Rendered) -> None:
+def test_gateway_uses_http_probes(dev: Rendered, prod: Rendered) -> None:
     c = container(dev.get("Deployment", "escalon-gateway"))
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # Ready once the router answers (/healthz); alive while the process answers (/livez), so a
+    # router outage takes gateways out of rotation without restarting them.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert c["ports"] == [{"name": "http", "containerPort": 8080}]
-    assert env_of(c)["ESCALON_GATEWAY_ROUTER_ADDRESS"] == "escalon-router:50051"
+    env = env_of(c)
+    assert env["ESCALON_GATEWAY_HOST"] == "0.0.0.0" and env["ESCALON_GATEWAY_PORT"] == "8080"
+    assert env["ESCALON_GATEWAY_ROUTER_ADDRESS"] == "escalon-router:50051"
+    assert env["ESCALON_GATEWAY_SERVING_ADDRESS"] == "escalon-serving:50053"
+    assert env["ESCALON_GATEWAY_DISTILL_ADDRESS"] == "escalon-distill:50054"
+    assert "ESCALON_GATEWAY_API_KEYS" not in env
+    keys = env_of(container(prod.get("Deployment", "escalon-gateway")))["ESCALON_GATEWAY_API_KEYS"]
+    assert keys == {"secretKeyRef": {"name": "escalon-gateway-keys", "key": "api-keys"}}
 
 
 def test_service_addresses_point_at_the_services(dev: Rendered) -> None:

@@ -286,6 +286,7 @@ def test_dry_run_commands_run(command: str, tmp_path: Path) -> None:
         # No cluster, no kubeconfig: a client-side dry run must not need either.
         "KUBECONFIG": str(tmp_path / "none"),
         "OPENAI_API_KEY": "test",
+        "ESCALON_GATEWAY_API_KEYS": "key-1,key-2",
         "ESCALON_BROKER_URL": "amqps://u:p@broker:5671//",
         "ESCALON_DATABASE_URL": "postgresql+psycopg://u:p@db/escalon",
         "ESCALON_RESULT_BACKEND_URL": "db+postgresql+psycopg://u:p@db/escalon",
@@ -296,10 +297,10 @@ def test_dry_run_commands_run(command: str, tmp_path: Path) -> None:
     validate_manifest(manifest)
     if manifest["kind"] == "Secret":
         # The names the values files point at, with the keys they read.
-        assert manifest["metadata"]["name"] in {"escalon-provider-keys", "escalon-broker", "escalon-database"}
         prod = load_values(VALUES_DIR / "values-prod.yaml")
         wanted = {
             "escalon-provider-keys": {t["apiKeyEnv"] for t in prod["tiers"].values() if t.get("apiKeyEnv")},
+            prod["gateway"]["apiKeys"]["existingSecret"]: {"api-keys"},
             "escalon-broker": {prod["distill"]["broker"]["existingSecretKey"]},
             "escalon-database": {prod["distill"]["database"]["existingSecretKey"],
                                  prod["distill"]["resultBackend"]["existingSecretKey"]},

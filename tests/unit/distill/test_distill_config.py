@@ -94,6 +94,7 @@ def test_per_broker_transport_options(tmp_path: Path) -> None:
 def test_celery_dash_a_finds_a_lazily_built_app(tmp_path: Path) -> None:
     code = ("import escalon.distill.celery_app as m, os; a = m.app; "
             "print(type(a).__name__, a.conf.broker_url, os.path.exists(os.environ['ESCALON_DATA_DIR']))")
-    proc = subprocess.run([sys.executable, "-c", code], env={"ESCALON_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin"},
+    env = {"ESCALON_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.split() == ["DistillCelery", f"sqla+sqlite:///{tmp_path}/d/broker.sqlite", "False"]

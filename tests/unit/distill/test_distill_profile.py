@@ -58,7 +58,8 @@ def test_numbers_match_a_hand_computation(tiny_benchmark: Path, tmp_path: Path) 
     assert result["best_model"] == {"model": "b", "accuracy": pytest.approx(0.8), "mean_cost_usd": pytest.approx(1.4)}
     assert result["cheapest_model"]["model"] == "a"
     assert result["per_model"]["a"]["accuracy"] == pytest.approx(0.4)
-    assert (result["rows"], result["models"], result["tasks"], result["cells"], result["sparse_cells"]) == (10, 2, 2, 4, 2)
+    counts = (result["rows"], result["models"], result["tasks"], result["cells"], result["sparse_cells"])
+    assert counts == (10, 2, 2, 4, 2)
 
 
 def test_tolerance_picks_the_cheapest_model_near_the_best(tiny_benchmark: Path, tmp_path: Path) -> None:
@@ -121,7 +122,8 @@ def test_resume_from_a_checkpoint_gives_the_same_result_without_redoing_chunks(t
     assert second.steps == list(range(4, 12))  # chunks 0-3 were not read again
     assert first.steps + second.steps == whole_ctx.steps
     assert _table(resumed)["cells"] == _table(whole)["cells"]  # bit for bit: same sums in the same order
-    assert {k: v for k, v in resumed.items() if k != "artefacts"} == {k: v for k, v in whole.items() if k != "artefacts"}
+    resumed.pop("artefacts"), whole.pop("artefacts")
+    assert resumed == whole
 
 
 def test_a_checkpoint_of_another_file_or_other_params_is_not_resumed(tmp_path: Path, make_benchmark) -> None:
@@ -163,7 +165,7 @@ def test_demo_sample_profile(tmp_path: Path) -> None:
 
 def test_rows_outside_the_split_or_bad_scores_fail_clearly(tmp_path: Path, make_benchmark) -> None:
     bench = make_benchmark(tmp_path / "only_train.parquet", rows=[("p1", "t1", "train", "a", 1.0, 0.1)])
-    with pytest.raises(ValueError, match="no rows .* split='test'"):
+    with pytest.raises(ValueError, match=r"no rows .* split='test'"):
         _run(bench, tmp_path)
     bad = make_benchmark(tmp_path / "bad.parquet", rows=[("p1", "t1", "test", "a", 3.0, 0.1)])
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
