@@ -43,27 +43,38 @@ def _parser() -> argparse.ArgumentParser:
         help="run a Celery worker",
         description="Run a Celery worker for the distill jobs (acks late, one job reserved per process).",
     )
-    worker.add_argument("--queues", default="cpu", help=f"comma-separated queues to consume, of {', '.join(QUEUES)} "
-                        "(default: cpu)")
+    worker.add_argument(
+        "--queues", default="cpu", help=f"comma-separated queues to consume, of {', '.join(QUEUES)} (default: cpu)"
+    )
     worker.add_argument("--concurrency", type=int, default=1, help="pool processes (default: 1)")
-    worker.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"),
-                        help="prefork (default, as in production: a killed job process is noticed and its message "
-                        "requeued), solo (one process, for debugging)")
+    worker.add_argument(
+        "--pool",
+        default="prefork",
+        choices=("prefork", "solo", "threads"),
+        help="prefork (default, as in production: a killed job process is noticed and its message "
+        "requeued), solo (one process, for debugging)",
+    )
     worker.add_argument("--loglevel", default="INFO", help="worker log level (default: INFO)")
     worker.add_argument("--hostname", default=None, help="worker node name (default: distill@<host>)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sqlalchemy.exc
+
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(DistillSettings)
         if args.command == "worker":
             return _worker(settings, args)
+        return _serve(settings)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    return _serve(settings)
+    except sqlalchemy.exc.OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"{PROG}: the job store ESCALON_DISTILL_DATABASE_URL is unreachable: {first}", file=sys.stderr)
+        return 1
 
 
 def _serve(settings: DistillSettings) -> int:
@@ -88,19 +99,21 @@ def _worker(settings: DistillSettings, args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)
     app.job_store()  # fail now, with the database's own message, if the job store is unreachable
-    app.worker_main([
-        "worker",
-        f"--queues={','.join(queues)}",
-        f"--concurrency={args.concurrency}",
-        f"--pool={args.pool}",
-        f"--loglevel={args.loglevel}",
-        f"--hostname={args.hostname or 'distill@' + socket.gethostname()}",
-        # Gossip, mingle and heartbeats are cluster chatter the distill jobs do not use; skipping them makes
-        # a worker ready in a second and works on brokers without fanout (the SQLite transport).
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(queues)}",
+            f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}",
+            f"--loglevel={args.loglevel}",
+            f"--hostname={args.hostname or 'distill@' + socket.gethostname()}",
+            # Gossip, mingle and heartbeats are cluster chatter the distill jobs do not use; skipping them makes
+            # a worker ready in a second and works on brokers without fanout (the SQLite transport).
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
     return 0
 
 

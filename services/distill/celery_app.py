@@ -118,6 +118,9 @@ def create_celery(settings: DistillSettings) -> DistillCelery:
         # requeues it (Celery: 10 s). Safe to shorten: a job that did finish is recorded in the job store,
         # so its requeued message finds it finished and does nothing.
         worker_lost_wait=2.0,
+        # On a lost broker connection, let running jobs finish: their redelivered copies find them leased or
+        # finished and do nothing, so no work is thrown away (and Celery's warning about it is answered).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
     if settings.broker_kind == "sqlalchemy":
@@ -156,6 +159,12 @@ def _connect_signals(app: DistillCelery) -> None:
         _worker_telemetry()
         app.forget_inherited_store()
 
+    def _pool_process_shutdown(**_: Any) -> None:
+        # Flush the spans of the last jobs before a pool process exits (max-tasks-per-child, shutdown).
+        from escalon.telemetry import configure_telemetry
+
+        configure_telemetry(WORKER_TELEMETRY_NAME).shutdown()
+
     def _worker_init(sender: Any = None, **_: Any) -> None:
         # The solo and thread pools run tasks in the main process, where worker_process_init never fires.
         pool = str(getattr(sender, "pool_cls", "")).lower()
@@ -176,6 +185,7 @@ def _connect_signals(app: DistillCelery) -> None:
         app.close_store()
 
     signals.worker_process_init.connect(_pool_process_init, weak=False, dispatch_uid=uid)
+    signals.worker_process_shutdown.connect(_pool_process_shutdown, weak=False, dispatch_uid=uid)
     signals.worker_init.connect(_worker_init, weak=False, dispatch_uid=uid)
     signals.worker_ready.connect(_worker_ready, weak=False, dispatch_uid=uid)
     signals.worker_shutdown.connect(_worker_shutdown, weak=False, dispatch_uid=uid)

@@ -97,8 +97,14 @@ class StoreContext:
         metrics: dict[str, Any] | None = None,
     ) -> None:
         cancel = self.store.save_checkpoint(
-            self.job_id, self._owner, state, lease_s=self._lease_s, progress=_clamp(progress), message=message,
-            step=step, metrics=metrics,
+            self.job_id,
+            self._owner,
+            state,
+            lease_s=self._lease_s,
+            progress=_clamp(progress),
+            message=message,
+            step=step,
+            metrics=metrics,
         )
         self._checkpoint = state
         if cancel:
@@ -151,6 +157,11 @@ def execute(store: JobStore, settings: DistillSettings, job_id: str, *, owner: s
         # A duplicate or stale delivery: report the job as it stands (what AsyncResult(job_id) then shows).
         log.info("job %s not run: %s", job_id, claim.outcome.value)
         if claim.job is None:
+            log.warning(
+                "job %s is not in the job store %s: do this worker and the front share ESCALON_DISTILL_DATABASE_URL?",
+                job_id,
+                store.engine.url.render_as_string(hide_password=True),
+            )
             return Outcome(job_id, "NOT_FOUND", "no such job in the store")
         return Outcome(job_id, claim.job.state.value, f"not run: {claim.outcome.value}", claim.job.attempts)
     job = claim.job
@@ -163,11 +174,9 @@ def execute(store: JobStore, settings: DistillSettings, job_id: str, *, owner: s
             with Heartbeat(store, job_id, owner, settings.lease_s):
                 result = jobs.run(job.kind, job.params, ctx)
         except JobCancelled as exc:
-            store.finish(job_id, owner, JobState.CANCELLED, message=str(exc))
-            return Outcome(job_id, JobState.CANCELLED.value, "cancel requested", job.attempts)
+            return _finish(store, job, owner, JobState.CANCELLED, message=str(exc))
         except LeaseLost as exc:
-            log.warning("job %s: %s; leaving it to the worker that took over", job_id, exc)
-            return Outcome(job_id, JobState.RUNNING.value, "lease lost to another worker", job.attempts)
+            return _lease_lost(job, exc)
         except TRANSIENT_ERRORS as exc:
             try:
                 store.release(job_id, owner, f"transient error, will retry: {type(exc).__name__}: {exc}")
@@ -176,18 +185,39 @@ def execute(store: JobStore, settings: DistillSettings, job_id: str, *, owner: s
             raise
         except Exception as exc:  # the job's own failure: recorded, not retried
             log.exception("job %s failed", job_id)
-            store.finish(job_id, owner, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
-            return Outcome(job_id, JobState.FAILED.value, str(exc), job.attempts)
-        store.finish(job_id, owner, JobState.SUCCEEDED, result=result, message="succeeded")
-        return Outcome(job_id, JobState.SUCCEEDED.value, "", job.attempts)
+            return _finish(store, job, owner, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return _finish(store, job, owner, JobState.SUCCEEDED, result=result, message="succeeded")
+
+
+def _finish(store: JobStore, job: Job, owner: str, state: JobState, **kw: Any) -> Outcome:
+    try:
+        store.finish(job.job_id, owner, state, **kw)
+    except LeaseLost as exc:
+        return _lease_lost(job, exc)
+    return Outcome(job.job_id, state.value, kw.get("error", ""), job.attempts)
+
+
+def _lease_lost(job: Job, exc: LeaseLost) -> Outcome:
+    log.warning("job %s: %s; leaving it to the worker that took over", job.job_id, exc)
+    return Outcome(job.job_id, JobState.RUNNING.value, "lease lost to another worker", job.attempts)
 
 
 def reap(app: Any) -> list[str]:
-    """Send a new message for each RUNNING job whose lease expired, then mark it requeued. Sending first
-    means a failed send changes nothing (the next pass tries again); two reapers racing send twice, and the
-    second delivery finds the job leased or finished."""
+    """Send a new message for each RUNNING job whose lease expired, then mark it requeued; and publish the
+    jobs whose message was never confirmed sent. Sending first means a failed send changes nothing (the
+    next pass tries again); two reapers racing send twice, and the second delivery finds the job leased or
+    finished."""
     store: JobStore = app.job_store()
     sent = []
+    for job in store.unsent(older_than_s=app.settings.lease_s):
+        try:
+            send_job(app, job)
+        except Exception:  # the broker is down: the next pass tries again
+            log.warning("could not publish job %s", job.job_id, exc_info=True)
+            continue
+        store.mark_enqueued(job.job_id)
+        log.warning("job %s was stored but never published; published now", job.job_id)
+        sent.append(job.job_id)
     for job in store.expired_leases():
         try:
             send_job(app, job)

@@ -35,7 +35,7 @@ from escalon.distill.celery_app import DistillCelery, create_celery, instrument_
 from escalon.distill.runner import send_job
 from escalon.distill.settings import QUEUES, DistillSettings
 from escalon.distill.store import Job, JobState, JobStore
-from escalon.errors import AlreadyExists, InvalidInput, NotFound
+from escalon.errors import AlreadyExists, EscalonError, InvalidInput, NotFound
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,15 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class BrokerUnavailable(EscalonError):
+    """The broker did not take the job's message. The job is stored: submitting the same id again publishes it
+    (and a worker's reaper publishes it after a lease period)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 _TO_PB = {s: getattr(distill_pb2, f"JOB_STATE_{s.value}") for s in JobState}
 _FROM_PB = {v: k for k, v in _TO_PB.items()}
 
@@ -52,8 +61,9 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
 
     service_names = (distill_pb2.DESCRIPTOR.services_by_name["DistillService"].full_name,)
 
-    def __init__(self, settings: DistillSettings, *, app: DistillCelery | None = None,
-                 store: JobStore | None = None) -> None:
+    def __init__(
+        self, settings: DistillSettings, *, app: DistillCelery | None = None, store: JobStore | None = None
+    ) -> None:
         self.settings = settings
         self._app = app
         self._store = store
@@ -101,7 +111,9 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         if not JOB_ID.match(job_id):
             raise InvalidInput(
                 f"job id {job_id!r} must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter "
-                "or digit", field="job_id")
+                "or digit",
+                field="job_id",
+            )
         raw = json_format.MessageToDict(request.params) if request.HasField("params") else {}
         kind, params = await asyncio.to_thread(jobs.validate, request.kind, raw, self.settings.data_dir)
         queue = request.queue or kind.default_queue
@@ -111,14 +123,26 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         job, created = await asyncio.to_thread(
             self.store.create_if_absent, job_id, kind=kind.name, queue=queue, params=stored_params
         )
-        if not created:
-            if (job.kind, job.queue, job.params) != (kind.name, queue, stored_params):
-                raise AlreadyExists(
-                    f"job {job_id!r} exists with a different kind, queue or params; choose another id",
-                    field="job_id")
-            return distill_pb2.SubmitJobResponse(job=to_proto(job), created=False)
-        await self._on_broker(send_job, self.app, job)
-        return distill_pb2.SubmitJobResponse(job=to_proto(job), created=True)
+        if not created and (job.kind, job.queue, job.params) != (kind.name, queue, stored_params):
+            raise AlreadyExists(
+                f"job {job_id!r} exists with a different kind, queue or params; choose another id", field="job_id"
+            )
+        if created or (job.state is JobState.QUEUED and job.enqueued_at is None):
+            # A new job, or a resubmission of one whose message never reached the broker: publish it.
+            await self._publish(job)
+        return distill_pb2.SubmitJobResponse(job=to_proto(job), created=created)
+
+    async def _publish(self, job: Job) -> None:
+        try:
+            await self._on_broker(send_job, self.app, job)
+        except Exception as exc:
+            log.warning("could not publish job %s", job.job_id, exc_info=True)
+            raise BrokerUnavailable(
+                f"job {job.job_id!r} is stored but the broker did not take it ({type(exc).__name__}: {exc}); "
+                "submit the same id again to retry",
+                field="job_id",
+            ) from None
+        await asyncio.to_thread(self.store.mark_enqueued, job.job_id)
 
     async def GetJob(self, request: distill_pb2.GetJobRequest, context: Any) -> distill_pb2.GetJobResponse:
         return distill_pb2.GetJobResponse(job=to_proto(await self._get(request.job_id)))
@@ -127,7 +151,8 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         job = await self._get(request.job_id)
         last = None
         while True:
-            seen = (job.state, job.progress, job.message, job.attempts, job.updated_at)
+            # What a watcher sees; lease heartbeats alone (updated_at) are not news.
+            seen = (job.state, job.progress, job.message, job.attempts, job.error)
             if seen != last:
                 yield distill_pb2.WatchJobResponse(job=to_proto(job))
                 last = seen
@@ -138,8 +163,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
 
     async def ListJobs(self, request: distill_pb2.ListJobsRequest, context: Any) -> distill_pb2.ListJobsResponse:
         if request.page_size < 0:
-            raise InvalidInput(f"must be 0 (= {DEFAULT_PAGE_SIZE}) or more, got {request.page_size}",
-                               field="page_size")
+            raise InvalidInput(f"must be 0 (= {DEFAULT_PAGE_SIZE}) or more, got {request.page_size}", field="page_size")
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         state = None
         if request.state != distill_pb2.JOB_STATE_UNSPECIFIED:

@@ -39,7 +39,9 @@ def _psycopg3(url: str) -> str:
 class DistillSettings(ServiceSettings):
     """Settings of `python -m escalon.distill` (the gRPC front) and `python -m escalon.distill worker`."""
 
-    model_config = SettingsConfigDict(env_prefix="ESCALON_DISTILL_", extra="ignore")
+    # populate_by_name: `DistillSettings(data_dir=...)` must work as well as ESCALON_DATA_DIR (the base class
+    # gives data_dir an env alias, and with extra="ignore" a field name would otherwise be dropped silently).
+    model_config = SettingsConfigDict(env_prefix="ESCALON_DISTILL_", extra="ignore", populate_by_name=True)
 
     port: int = Field(default=50054, ge=0, le=65535, description="gRPC port of the front; 0 picks a free one")
     broker_url: str = Field(

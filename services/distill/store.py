@@ -120,6 +120,7 @@ jobs = Table(
     Column("lease_expires_at", _UTCDateTime),
     Column("created_at", _UTCDateTime, nullable=False),
     Column("updated_at", _UTCDateTime, nullable=False),
+    Column("enqueued_at", _UTCDateTime),  # when its message was last published; NULL: never confirmed
     Column("started_at", _UTCDateTime),
     Column("finished_at", _UTCDateTime),
     Index("ix_jobs_created", "created_at", "job_id"),
@@ -161,6 +162,7 @@ class Job:
     lease_expires_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    enqueued_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
 
@@ -297,9 +299,7 @@ class JobStore:
             updated_at=now,
         )
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(jobs).values(**values).on_conflict_do_nothing(index_elements=["job_id"]).returning(jobs.c.job_id)
-        )
+        stmt = insert(jobs).values(**values).on_conflict_do_nothing(index_elements=["job_id"]).returning(jobs.c.job_id)
         with self._tx(write=True) as conn:
             created = conn.execute(stmt).first() is not None
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one()
@@ -312,14 +312,10 @@ class JobStore:
 
     def events(self, job_id: str) -> list[JobEvent]:
         with self._tx(write=False) as conn:
-            rows = conn.execute(
-                select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
-            ).all()
+            rows = conn.execute(select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)).all()
         return [JobEvent(**r._mapping) for r in rows]
 
-    def list(
-        self, *, page_size: int, page_token: str = "", state: JobState | None = None, kind: str = ""
-    ) -> Page:
+    def list(self, *, page_size: int, page_token: str = "", state: JobState | None = None, kind: str = "") -> Page:
         """Newest first, keyset-paginated. A token is only valid with the filters it was made for."""
         filters = {"state": state.value if state else "", "kind": kind}
         query = select(jobs)
@@ -395,8 +391,13 @@ class JobStore:
                 "started",
                 now,
                 message=f"attempt {attempt} on {host}",
-                metrics={"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else None,
-                         "resumed": job.checkpoint is not None, **(details or {})},
+                metrics={
+                    "owner": owner,
+                    "host": host,
+                    "pid": int(pid) if pid.isdigit() else None,
+                    "resumed": job.checkpoint is not None,
+                    **(details or {}),
+                },
             )
             return Claim(ClaimOutcome.CLAIMED, self._get(conn, job_id))
 
@@ -481,8 +482,13 @@ class JobStore:
                 conn,
                 job_id,
                 owner,
-                {"state": JobState.QUEUED.value, "lease_owner": None, "lease_expires_at": None,
-                 "message": message, "updated_at": now},
+                {
+                    "state": JobState.QUEUED.value,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "message": message,
+                    "updated_at": now,
+                },
             )
             self._event(conn, job_id, attempts, "retry", now, message=message)
 
@@ -495,6 +501,29 @@ class JobStore:
                 return
             self._finish_row(conn, job_id, JobState.FAILED, now, error=error, message="failed")
             self._event(conn, job_id, job.attempts, "failed", now, message=error)
+
+    def mark_enqueued(self, job_id: str, *, now: dt.datetime | None = None) -> None:
+        """Its message is on the broker (set after a confirmed publish)."""
+        now = now or utcnow()
+        with self._tx(write=True) as conn:
+            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(enqueued_at=now))
+
+    def unsent(self, *, older_than_s: float, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
+        """QUEUED jobs whose message was never confirmed published (the front died between storing the job
+        and publishing it, or the broker was down) for longer than `older_than_s`."""
+        now = now or utcnow()
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(
+                    jobs.c.state == JobState.QUEUED.value,
+                    jobs.c.enqueued_at.is_(None),
+                    jobs.c.created_at < now - dt.timedelta(seconds=older_than_s),
+                )
+                .order_by(jobs.c.created_at)
+                .limit(limit)
+            ).all()
+        return [_job(r) for r in rows]
 
     def expired_leases(self, *, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
         """RUNNING jobs whose worker stopped renewing the lease (killed, frozen or cut off)."""
@@ -521,8 +550,14 @@ class JobStore:
                     jobs.c.state == JobState.RUNNING.value,
                     jobs.c.lease_expires_at < now,
                 )
-                .values(state=JobState.QUEUED.value, lease_owner=None, lease_expires_at=None, message=message,
-                        updated_at=now)
+                .values(
+                    state=JobState.QUEUED.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    message=message,
+                    enqueued_at=now,
+                    updated_at=now,
+                )
             ).rowcount
             if done:
                 attempts = conn.execute(select(jobs.c.attempts).where(jobs.c.job_id == job_id)).scalar_one()
@@ -542,16 +577,12 @@ class JobStore:
             job = _job(row)
             if job.finished:
                 return job
-            conn.execute(
-                update(jobs).where(jobs.c.job_id == job_id).values(cancel_requested=True, updated_at=now)
-            )
+            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(cancel_requested=True, updated_at=now))
             if job.state is JobState.QUEUED:
                 self._finish_row(conn, job_id, JobState.CANCELLED, now, message="cancelled before it started")
                 self._event(conn, job_id, job.attempts, "cancelled", now, message="cancelled while queued")
             else:
-                conn.execute(
-                    update(jobs).where(jobs.c.job_id == job_id).values(message="cancel requested")
-                )
+                conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(message="cancel requested"))
             return self._get(conn, job_id)
 
     # ---- helpers
@@ -616,7 +647,12 @@ class JobStore:
     ) -> None:
         conn.execute(
             job_events.insert().values(
-                job_id=job_id, attempt=attempt, event=name, step=step, message=message, metrics=metrics,
+                job_id=job_id,
+                attempt=attempt,
+                event=name,
+                step=step,
+                message=message,
+                metrics=metrics,
                 created_at=now,
             )
         )

@@ -29,8 +29,14 @@ def register(app: DistillCelery) -> Any:
     from escalon.distill.celery_app import TASK_NAME
 
     # shared=False: Celery would otherwise add this app's task to every app created later in the process.
-    @app.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
-              max_retries=app.settings.max_retries)
+    @app.task(
+        name=TASK_NAME,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=app.settings.max_retries,
+    )
     def run_job(self: Any, job_id: str) -> dict[str, Any]:
         app: DistillCelery = self.app
         settings = app.settings
@@ -49,8 +55,9 @@ def register(app: DistillCelery) -> Any:
                 _give_up(app, job_id, exc, self.request.retries)
                 raise
             delay = runner.backoff_delay(self.request.retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
-            log.warning("job %s: %s: %s; retry %d in %.1fs", job_id, type(exc).__name__, exc,
-                        self.request.retries + 1, delay)
+            log.warning(
+                "job %s: %s: %s; retry %d in %.1fs", job_id, type(exc).__name__, exc, self.request.retries + 1, delay
+            )
             raise self.retry(exc=exc, countdown=delay) from exc
 
     return run_job

@@ -3,7 +3,8 @@
 Order of life, as for the gRPC services: settings validated (one message naming the variable) → telemetry →
 uvicorn binds and starts; /healthz answers 200 once the router is SERVING. On SIGTERM or SIGINT uvicorn
 stops accepting, lets in-flight requests finish for ESCALON_GRACE_SECONDS, the app's lifespan closes the
-gRPC channels, then buffered spans are flushed.
+gRPC channels, then buffered spans are flushed; uvicorn then re-raises the signal (the exit status says how the
+process was stopped, as with any signalled process).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(GatewaySettings, **({"port": args.port} if args.port is not None else {}))
+        settings.check_api_keys()
         if settings.frontier_report is not None:
             from escalon.gateway.traffic import frontier_from_report
 
@@ -59,15 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from escalon.gateway.app import create_app
     from escalon.telemetry import configure_telemetry
 
-    telemetry = configure_telemetry("escalon-gateway")
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, lifespan="on",
-        timeout_graceful_shutdown=settings.grace_seconds, log_config=None, access_log=False,
+        create_app(settings, telemetry=configure_telemetry("escalon-gateway")), host=settings.host,
+        port=settings.port, lifespan="on", timeout_graceful_shutdown=settings.grace_seconds, log_config=None,
+        access_log=False,
     )
-    try:
-        uvicorn.Server(config).run()  # handles SIGTERM/SIGINT: stop accepting, drain, lifespan shutdown
-    finally:
-        telemetry.shutdown()
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish (grace), lifespan shutdown (close the
+    # channels, flush spans); uvicorn then re-raises the signal, so a signalled stop ends as one.
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -42,6 +42,7 @@ from escalon.gateway.chat import (
     ModelList,
     completion,
     escalon_headers,
+    operating_label,
     route_request,
     stream_chunks,
 )
@@ -52,7 +53,7 @@ from escalon.gateway.traffic import TrafficWindow, record_of
 from escalon.gateway.upstream import Upstreams
 from escalon.gen.router.v1 import router_pb2
 from escalon.gen.serving.v1 import serving_pb2
-from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, tracer
+from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, Telemetry, tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,7 +82,10 @@ class ClientGone(Exception):
     """The HTTP client disconnected before the route finished; the route was cancelled."""
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) -> FastAPI:
+    """The app. With `telemetry`, its spans are flushed as the last step of the lifespan's shutdown (after
+    uvicorn drained the requests and the channels are closed): uvicorn ends a signalled process right after."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = Upstreams(settings)
@@ -91,6 +95,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await upstreams.close()
+            if telemetry is not None:
+                telemetry.shutdown()
 
     app = FastAPI(
         title="Escalon gateway",
@@ -120,15 +126,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for operation in path.values():
                 responses = operation.get("responses", {})
                 if responses.pop("422", None) is not None and "400" not in responses:
+                    error = {"$ref": "#/components/schemas/ErrorResponse"}
                     responses["400"] = {"description": "bad input; `param` names the field",
-                                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+                                        "content": {"application/json": {"schema": error}}}
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         app.openapi_schema = schema
     return app.openapi_schema
 
 
-# ---- health ------------------------------------------------------------------------------------------------
+# ---- routes ------------------------------------------------------------------------------------------------
 
 def _add_api_routes(app: FastAPI) -> None:
     @app.get("/healthz", tags=["health"], summary="Readiness: 200 once the router is SERVING, else 503",
@@ -162,7 +169,7 @@ def _add_api_routes(app: FastAPI) -> None:
                 response = await _until_disconnected(request, gw.upstreams.router.Route(route, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
-        gw.traffic.add(record_of(body.model, response))
+        gw.traffic.add(record_of(operating_label(body), response))
         span = trace.get_current_span()
         span.set_attribute(ATTR_RUNG, response.rung)
         span.set_attribute(ATTR_COST_USD, response.total_cost_usd)
@@ -317,8 +324,8 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        name = f"{scope['method']} {scope['path'] if not scope['path'].startswith('/v1/models/') else '/v1/models/{id}'}"
-        with self.tracer.start_as_current_span(name, context=propagate.extract(carrier),
+        method = scope["method"]
+        with self.tracer.start_as_current_span(method, context=propagate.extract(carrier),
                                                kind=trace.SpanKind.SERVER) as span:
             span.set_attribute("http.request.method", scope["method"])
             span.set_attribute("url.path", scope["path"])
@@ -331,4 +338,11 @@ class TracingMiddleware:
                         span.set_status(trace.StatusCode.ERROR)
                 await send(message)
 
-            await self.app(scope, receive, send_traced)
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                # Named after the route template once routing chose one: a bounded set of span names.
+                route = getattr(scope.get("route"), "path", None)
+                span.update_name(f"{method} {route or '(no route)'}")
+                if route:
+                    span.set_attribute("http.route", route)

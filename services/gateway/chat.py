@@ -86,11 +86,14 @@ class ChatCompletionRequest(BaseModel):
     )
 
     model: str = Field(min_length=1, max_length=200,
-                       description="escalon/auto, escalon/<operating point> (economy, balanced, max-quality), or a rung")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000, description="the conversation; the last is the user's")
+                       description="escalon/auto, escalon/<operating point> (economy, balanced, max-quality), "
+                                   "or a rung")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000,
+                                        description="the conversation; the last is the user's")
     stream: bool | None = Field(default=False, description="server-sent events, sent once the cascade has decided")
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, description="longest answer per attempt, in tokens")
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX,
+                                   description="longest answer per attempt, in tokens")
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, description="as max_tokens")
     n: int | None = Field(default=None, ge=1, le=INT32_MAX, description="only 1: Escalon returns one answer")
     temperature: float | None = Field(default=None, description="accepted, not used: the cascade sets sampling")
@@ -228,9 +231,9 @@ def route_request(body: ChatCompletionRequest, request_id: str) -> router_pb2.Ro
     if body.response_format and body.response_format.get("type", "text") != "text":
         raise invalid("only response_format {\"type\": \"text\"} is supported", "response_format")
     prompt = prompt_of(body.messages)
-    for name, value in (("model", body.model), ("messages", prompt)):
-        if not _utf8(value):
-            raise invalid("contains characters that are not valid Unicode (a lone surrogate)", name)
+    for name, text in (("messages", prompt), ("model", body.model)):
+        if not _is_unicode(text):  # JSON can escape a lone surrogate; no protobuf string can carry one
+            raise invalid("contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text", name)
     request = router_pb2.RouteRequest(prompt=prompt, request_id=request_id)
     model = body.model.strip()
     if model == AUTO:
@@ -251,7 +254,17 @@ def route_request(body: ChatCompletionRequest, request_id: str) -> router_pb2.Ro
     return request
 
 
-def _utf8(text: str) -> bool:
+def operating_label(body: ChatCompletionRequest) -> str:
+    """What the traffic window groups by for the frontier: the model, and the knobs that move the point."""
+    label = body.model.strip()
+    if body.min_quality is not None:
+        label += f" min_quality={body.min_quality:g}"
+    if body.max_cost_usd is not None:
+        label += f" max_cost_usd={body.max_cost_usd:g}"
+    return label
+
+
+def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -288,7 +301,7 @@ def completion(response: router_pb2.RouteResponse, completion_id: str, created: 
 def escalon_headers(response: router_pb2.RouteResponse) -> dict[str, str]:
     return {
         "x-escalon-rung": response.rung,
-        "x-escalon-cost-usd": f"{response.total_cost_usd:.10f}".rstrip("0").rstrip(".") or "0",
+        "x-escalon-cost-usd": f"{response.total_cost_usd:.12f}".rstrip("0").rstrip(".") or "0",
         "x-escalon-confidence": f"{response.confidence:.4f}",
         "x-escalon-trace-id": response.trace_id,
         "x-request-id": response.request_id,

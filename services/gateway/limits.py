@@ -59,6 +59,7 @@ class Guard:
     """Authentication and rate limiting for one gateway."""
 
     def __init__(self, settings: GatewaySettings) -> None:
+        settings.check_api_keys()
         # Only digests are kept: comparing equal-length digests in constant time leaks neither key nor length.
         self._digests = [_digest(k.get_secret_value()) for k in settings.api_keys]
         self.buckets = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)

@@ -129,10 +129,10 @@
       traffic.max_routes + " routes are kept.");
     $("spend-caption").textContent = "Spend per " + (traffic.spend_bucket_s / 60).toFixed(0) +
       " min over the window (oldest left), max " + usd(Math.max(...traffic.spend_per_bucket_usd));
-    drawSpend(traffic.spend_per_bucket_usd);
+    drawSpend(traffic.spend_per_bucket_usd, traffic.spend_bucket_s);
   }
 
-  function drawSpend(values) {
+  function drawSpend(values, bucketSeconds) {
     const chart = $("spend-chart");
     chart.replaceChildren();
     const width = 640, height = 140, left = 8, bottom = 16;
@@ -144,7 +144,7 @@
       if (h > 0) chart.append(svg("rect", { class: "bar", x: left + i * bar + 1, y: height - bottom - h,
         width: Math.max(1, bar - 2), height: h }));
     });
-    chart.append(svg("text", { x: left, y: height - 3 }, "−" + values.length + " buckets"));
+    chart.append(svg("text", { x: left, y: height - 3 }, "−" + Math.round(bucketSeconds * values.length / 60) + " min"));
     chart.append(svg("text", { x: width - 4, y: height - 3, "text-anchor": "end" }, "now"));
   }
 
@@ -212,12 +212,20 @@
       const path = front.map((p, i) => (i ? "L" : "M") + x(p.cost_usd).toFixed(1) + " " + y(p.quality).toFixed(1)).join(" ");
       chart.append(svg("path", { class: "frontier", d: path }));
     }
-    points.forEach((p) => {
-      const dot = svg("circle", { class: p.pareto ? "point pareto" : "point", cx: x(p.cost_usd), cy: y(p.quality), r: 5 });
+    const placed = [];  // label positions so far: a label that would overlap one moves down a line
+    points.slice().sort((a, b) => a.cost_usd - b.cost_usd).forEach((p) => {
+      const cx = x(p.cost_usd), cy = y(p.quality);
+      const dot = svg("circle", { class: p.pareto ? "point pareto" : "point", cx, cy, r: 5 });
       dot.append(svg("title", {}, p.name + ": " + usd(p.cost_usd) + ", quality " + p.quality.toFixed(3) +
         (p.n ? " (n=" + p.n + ")" : "")));
       chart.append(dot);
-      chart.append(svg("text", { class: "label", x: x(p.cost_usd) + 8, y: y(p.quality) - 6 }, p.name));
+      const anchor = cx > width - right - 140 ? "end" : "start";
+      const lx = anchor === "end" ? cx - 8 : cx + 8;
+      const step = cy > (top + height - bottom) / 2 ? -13 : 13;  // away from the nearer edge
+      let ly = cy - 6;
+      while (placed.some((q) => Math.abs(q.x - lx) < 130 && Math.abs(q.y - ly) < 12)) ly += step;
+      placed.push({ x: lx, y: ly });
+      chart.append(svg("text", { class: "label", x: lx, y: ly, "text-anchor": anchor }, p.name));
     });
   }
 

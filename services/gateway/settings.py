@@ -11,14 +11,23 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from escalon.config import ServiceSettings
+from escalon.errors import ConfigError
+
+
+_NOT_A_LIST = "\x00not-a-json-list"
 
 
 def _split(value: object) -> object:
-    """A JSON list, or comma-separated text (what fits in a Kubernetes Secret or a shell line)."""
+    """A JSON list, or comma-separated text (what fits in a Kubernetes Secret or a shell line). Never raises:
+    a malformed list becomes a marker that a later check rejects with a message of its own."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            return json.loads(text)
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                return [_NOT_A_LIST]
+            return parsed if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed) else [_NOT_A_LIST]
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
@@ -37,10 +46,12 @@ class GatewaySettings(ServiceSettings):
     )
     rate_limit_rps: float = Field(default=0.0, ge=0, description="requests per second per API key (per client "
                                   "address without keys), a token bucket; 0 = no limit")
-    rate_limit_burst: int = Field(default=20, ge=1, le=100_000, description="token bucket size: requests allowed at once")
+    rate_limit_burst: int = Field(default=20, ge=1, le=100_000,
+                                  description="token bucket size: requests allowed at once")
     operating_points: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["economy", "balanced", "max-quality"],
-        description="operating points /v1/models lists as escalon/<name> (the names of ESCALON_ROUTER_OPERATING_POINTS)",
+        description="operating points /v1/models lists as escalon/<name> "
+        "(the names in ESCALON_ROUTER_OPERATING_POINTS)",
     )
     request_timeout_s: float = Field(default=900.0, gt=0, le=3600, description="deadline of one route, in seconds")
     upstream_timeout_s: float = Field(default=5.0, gt=0, le=120,
@@ -63,12 +74,22 @@ class GatewaySettings(ServiceSettings):
     def _lists(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("api_keys")
+    def check_api_keys(self) -> None:
+        """Reject malformed keys here, not in a validator: pydantic's report (which gets logged) would quote
+        the raw variable, keys and all."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if _NOT_A_LIST in keys:
+            raise ConfigError("ESCALON_GATEWAY_API_KEYS: expected comma-separated keys or a JSON list of strings "
+                              "(value not shown)")
+        if any(not key.strip() for key in keys):
+            raise ConfigError("ESCALON_GATEWAY_API_KEYS: an API key is empty (value not shown)")
+
+    @field_validator("operating_points", "cors_origins")
     @classmethod
-    def _keys_not_blank(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        if any(not key.get_secret_value().strip() for key in keys):
-            raise ValueError("an API key is empty")
-        return keys
+    def _well_formed(cls, items: list[str]) -> list[str]:
+        if _NOT_A_LIST in items:
+            raise ValueError("expected comma-separated names or a JSON list of strings")
+        return items
 
     @property
     def auth_enabled(self) -> bool:

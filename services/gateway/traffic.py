@@ -77,6 +77,7 @@ class TrafficWindow:
         self._errors.append((self.clock(), status))
 
     def _prune(self) -> float:
+        """Drop what left the window (records arrive in completion order, oldest first)."""
         now = self.clock()
         horizon = now - self.window_s
         while self._routes and self._routes[0].at < horizon:
@@ -86,12 +87,12 @@ class TrafficWindow:
         return now
 
     def routes(self) -> list[RouteRecord]:
-        self._prune()
-        return list(self._routes)
+        now = self._prune()
+        return [r for r in self._routes if r.at >= now - self.window_s]  # exact even if the clock stepped back
 
     def summary(self) -> dict[str, Any]:
-        now = self._prune()
-        routes = list(self._routes)
+        now = self.clock()
+        routes = self.routes()
         total = len(routes)
         rungs: dict[str, dict[str, Any]] = {}
 
@@ -134,7 +135,8 @@ class TrafficWindow:
             "total_cost_usd": cost,
             "mean_cost_usd": cost / total if total else None,
             "escalation_rate": sum(r.escalated for r in routes) / total if total else None,
-            "errors": {str(k): v for k, v in sorted(Counter(s for _, s in self._errors).items())},
+            "errors": {str(k): v for k, v in sorted(Counter(s for at, s in self._errors
+                                                             if at >= now - self.window_s).items())},
             "confidence_bins": [i / BINS for i in range(BINS + 1)],
             "confidence_histogram": final_hist,
             "spend_per_bucket_usd": spend,

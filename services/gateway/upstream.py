@@ -28,7 +28,9 @@ class Upstreams:
             "router": open_channel(settings.router_address),
             "serving": open_channel(settings.serving_address),
             "distill": open_channel(settings.distill_address),
-            "health": grpc.aio.insecure_channel(settings.router_address),
+            # Short reconnect backoff: readiness should follow a router that comes back within seconds.
+            "health": grpc.aio.insecure_channel(settings.router_address, options=[
+                ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]),
         }
         self.router = router_pb2_grpc.RouterServiceStub(self._channels["router"])
         self.serving = serving_pb2_grpc.ModelServingServiceStub(self._channels["serving"])
@@ -43,7 +45,8 @@ class Upstreams:
         except grpc.aio.AioRpcError as exc:
             return False, f"router at {self.settings.router_address}: {exc.code().name}: {exc.details()}"
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING, f"router at {self.settings.router_address}: {status}"
+        ready = reply.status == health_pb2.HealthCheckResponse.SERVING
+        return ready, f"router at {self.settings.router_address}: {status}"
 
     async def close(self) -> None:
         for channel in self._channels.values():

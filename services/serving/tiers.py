@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -113,8 +114,7 @@ class RayTiers:
         await asyncio.to_thread(self._start_blocking)
 
     def _start_blocking(self) -> None:
-        import ray
-        from ray import serve
+        ray, serve = _import_ray()
 
         if not ray.is_initialized():
             if self.settings.ray_address:
@@ -224,3 +224,25 @@ def _describe(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _import_ray():
+    """Import Ray without its C++ crash handler in this process: it dumps a stack trace on every SIGTERM,
+    which makes each graceful stop look like a crash in the logs (our own handler does the stop). The
+    variable is read at import and restored before ray.init, so Ray's own processes keep their handler."""
+    import sys
+
+    if "ray" not in sys.modules:
+        previous = os.environ.get("RAY_DISABLE_FAILURE_SIGNAL_HANDLER")
+        os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+        try:
+            import ray  # noqa: F401
+        finally:
+            if previous is None:
+                del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
+            else:
+                os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = previous
+    import ray
+    from ray import serve
+
+    return ray, serve

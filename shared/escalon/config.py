@@ -22,7 +22,8 @@ DEFAULT_DATA_DIR = Path.home() / ".cache" / "escalon"
 class ServiceSettings(BaseSettings):
     """Settings every service shares. Subclasses set `model_config = SettingsConfigDict(env_prefix=...)`."""
 
-    model_config = SettingsConfigDict(env_prefix="ESCALON_", extra="ignore")
+    # populate_by_name: code and tests may pass data_dir=... as well as the environment names.
+    model_config = SettingsConfigDict(env_prefix="ESCALON_", extra="ignore", populate_by_name=True)
 
     catalogue: Path | None = Field(
         default=None,

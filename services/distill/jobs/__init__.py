@@ -78,5 +78,9 @@ def validate(kind_name: str, raw: dict[str, Any], data_dir: Path) -> tuple[JobKi
 
 def run(kind_name: str, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Run a stored job: its params were validated at submit; parse them again into their type."""
-    kind = KINDS[kind_name]
+    kind = KINDS.get(kind_name)
+    if kind is None:
+        raise ValueError(
+            f"this worker does not know job kind {kind_name!r} (known: {', '.join(KINDS)}); is it older than the front?"
+        )
     return kind.run(kind.params.model_validate(params), ctx)

@@ -27,8 +27,9 @@ def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *
     if not path.is_absolute():
         path = data_dir / path
     if not path.is_file():
-        raise InvalidInput(f"no benchmark file at {str(path)!r} (relative paths are read against the data dir)",
-                           field=field)
+        raise InvalidInput(
+            f"no benchmark file at {str(path)!r} (relative paths are read against the data dir)", field=field
+        )
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a parquet file"
@@ -36,8 +37,7 @@ def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise InvalidInput(
-            f"{str(path)!r} lacks column(s) {', '.join(missing)} of the routing format "
-            f"({', '.join(ROUTING_COLUMNS)})",
+            f"{str(path)!r} lacks column(s) {', '.join(missing)} of the routing format ({', '.join(ROUTING_COLUMNS)})",
             field=field,
         )
     return str(path.resolve())
@@ -46,5 +46,9 @@ def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *
 def source_fingerprint(path: str) -> dict[str, Any]:
     """Identifies the file a checkpoint was made from: a resumed job restarts if the file changed."""
     stat = Path(path).stat()
-    return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "rows": pq.ParquetFile(path).metadata.num_rows}
+    return {
+        "path": path,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "rows": pq.ParquetFile(path).metadata.num_rows,
+    }

@@ -45,7 +45,9 @@ class EvaluateParams(JobParams):
         default="train", description="where rung order and per-task accuracy are measured ('same' is in-sample)"
     )
     thresholds: list[float] = Field(
-        default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95], min_length=1, max_length=50,
+        default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+        min_length=1,
+        max_length=50,
         description="accuracy thresholds τ of the route@τ policies, each in [0, 1]",
     )
     accept_score: float = Field(default=0.5, ge=0, le=1, description="the verified cascade accepts scores ≥ this")
@@ -105,8 +107,9 @@ def _add(sums: dict[str, list[float]], policy: str, scores, costs, calls) -> Non
     s[3] += float(sum(calls))
 
 
-def _score_task(task: str, rows: pd.DataFrame, fitted: dict[str, Any], params: EvaluateParams,
-                sums: dict[str, list[float]]) -> int:
+def _score_task(
+    task: str, rows: pd.DataFrame, fitted: dict[str, Any], params: EvaluateParams, sums: dict[str, list[float]]
+) -> int:
     """Add this task's queries to every policy's sums; return the prompts dropped for missing models."""
     models = fitted["order"]
     score = rows.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
@@ -161,8 +164,14 @@ def run(params: EvaluateParams, ctx: JobContext) -> dict[str, Any]:
     state = ctx.load_checkpoint()
     fingerprint = params.model_dump(exclude={"step_delay_s"})
     if not state or state.get("source") != source or state.get("params") != fingerprint:
-        state = {"source": source, "params": fingerprint, "fit": fit(fit_rows), "tasks_done": 0, "sums": {},
-                 "dropped": 0}
+        state = {
+            "source": source,
+            "params": fingerprint,
+            "fit": fit(fit_rows),
+            "tasks_done": 0,
+            "sums": {},
+            "dropped": 0,
+        }
     fitted = state["fit"]
     missing = sorted(set(evaluated["model"].unique()) - set(fitted["order"]))
     if missing:
@@ -173,16 +182,32 @@ def run(params: EvaluateParams, ctx: JobContext) -> dict[str, Any]:
         pause(params.step_delay_s)
         state["dropped"] += _score_task(tasks[index], by_task[tasks[index]], fitted, params, state["sums"])
         state["tasks_done"] = index + 1
-        ctx.save_checkpoint(state, progress=(index + 1) / len(tasks),
-                            message=f"task {index + 1}/{len(tasks)}: {tasks[index]}", step=index,
-                            metrics={"task": tasks[index]})
+        ctx.save_checkpoint(
+            state,
+            progress=(index + 1) / len(tasks),
+            message=f"task {index + 1}/{len(tasks)}: {tasks[index]}",
+            step=index,
+            metrics={"task": tasks[index]},
+        )
 
     report = build_report(state, params, tasks)
     report["source"] = source
     path = ctx.write_artefact("evaluation.json", json.dumps(report, indent=1))
     md = ctx.write_artefact("evaluation.md", render_markdown(report))
-    summary = {k: report[k] for k in ("split", "fit_split", "in_sample", "queries", "dropped_prompts", "best_single",
-                                      "oracle", "verified_cascade", "cheapest_matching_best_single")}
+    summary = {
+        k: report[k]
+        for k in (
+            "split",
+            "fit_split",
+            "in_sample",
+            "queries",
+            "dropped_prompts",
+            "best_single",
+            "oracle",
+            "verified_cascade",
+            "cheapest_matching_best_single",
+        )
+    }
     summary["policies"] = report["policies"]
     summary["artefacts"] = {"evaluation_json": str(path), "evaluation_md": str(md)}
     return summary
@@ -196,8 +221,11 @@ def build_report(state: dict[str, Any], params: EvaluateParams, tasks: list[str]
         raise ValueError("no prompt was answered by every selected model; nothing to evaluate")
     best = policies["best_single"]
     # the cheapest routing policy that is at least as accurate as the best single model
-    candidates = [(p, v) for p, v in policies.items()
-                  if (p.startswith("route@") or p == "verified_cascade") and v["accuracy"] >= best["accuracy"] - 1e-12]
+    candidates = [
+        (p, v)
+        for p, v in policies.items()
+        if (p.startswith("route@") or p == "verified_cascade") and v["accuracy"] >= best["accuracy"] - 1e-12
+    ]
     cheapest = min(candidates, key=lambda pv: pv[1]["mean_cost_usd"], default=None)
     return {
         "format": FORMAT,
@@ -209,16 +237,24 @@ def build_report(state: dict[str, Any], params: EvaluateParams, tasks: list[str]
         "dropped_prompts": state["dropped"],
         "ladder": state["fit"]["ladder"],
         "order": state["fit"]["order"],
-        "best_single": {"model": max(state["fit"]["order"], key=lambda m: (state["fit"]["accuracy"][m],
-                                                                           -state["fit"]["mean_cost_usd"][m])),
-                        **best},
+        "best_single": {
+            "model": max(
+                state["fit"]["order"], key=lambda m: (state["fit"]["accuracy"][m], -state["fit"]["mean_cost_usd"][m])
+            ),
+            **best,
+        },
         "oracle": policies["oracle"],
         "verified_cascade": policies["verified_cascade"],
         "cheapest_matching_best_single": (
-            {"policy": cheapest[0], **cheapest[1],
-             "cost_vs_best_single": cheapest[1]["mean_cost_usd"] / best["mean_cost_usd"]
-             if best["mean_cost_usd"] else None}
-            if cheapest else None
+            {
+                "policy": cheapest[0],
+                **cheapest[1],
+                "cost_vs_best_single": cheapest[1]["mean_cost_usd"] / best["mean_cost_usd"]
+                if best["mean_cost_usd"]
+                else None,
+            }
+            if cheapest
+            else None
         ),
         "policies": policies,
     }
@@ -238,9 +274,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, v in sorted(report["policies"].items(), key=lambda kv: kv[1]["mean_cost_usd"]):
         out.append(f"| {name} | {100 * v['accuracy']:.1f}% | ${v['mean_cost_usd']:.6f} | {v['calls_per_query']:.2f} |")
     match = report["cheapest_matching_best_single"]
-    out += ["", "Cheapest policy at least as accurate as the best single model: "
-            + (f"`{match['policy']}` at {match['cost_vs_best_single']:.2f}× its cost." if match and
-               match["cost_vs_best_single"] is not None else "none.")]
+    out += [
+        "",
+        "Cheapest policy at least as accurate as the best single model: "
+        + (
+            f"`{match['policy']}` at {match['cost_vs_best_single']:.2f}× its cost."
+            if match and match["cost_vs_best_single"] is not None
+            else "none."
+        ),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -151,18 +151,20 @@ def build_table(sums: dict[str, dict[str, list[float]]], params: ProfileParams) 
             s = sums[model][task]
             accuracy = _ratio(s[SCORE_SUM], s[N_SCORED])
             mean_cost = _ratio(s[COST_SUM], s[COST_N])
-            cells.append({
-                "model": model,
-                "task": task,
-                "n": int(s[N]),
-                "n_scored": int(s[N_SCORED]),
-                "accuracy": accuracy,
-                "stderr": _stderr(s),
-                "mean_cost_usd": mean_cost,
-                "total_cost_usd": s[COST_SUM],
-                "cost_per_correct_usd": _ratio(s[COST_SUM], s[SCORE_SUM]),
-                "sparse": s[N] < params.min_rows,
-            })
+            cells.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "n": int(s[N]),
+                    "n_scored": int(s[N_SCORED]),
+                    "accuracy": accuracy,
+                    "stderr": _stderr(s),
+                    "mean_cost_usd": mean_cost,
+                    "total_cost_usd": s[COST_SUM],
+                    "cost_per_correct_usd": _ratio(s[COST_SUM], s[SCORE_SUM]),
+                    "sparse": s[N] < params.min_rows,
+                }
+            )
 
     models: dict[str, dict[str, Any]] = {}
     for model in sorted(sums):
@@ -286,16 +288,20 @@ def render_markdown(table: dict[str, Any]) -> str:
             f"| {m} | {v['n']} | {_pct(v['accuracy'])} | {_pct(v['macro_accuracy'])} | {_usd(v['mean_cost_usd'])} "
             f"| {_usd(v['cost_per_correct_usd'])} | {'yes' if v['pareto'] else ''} |"
         )
-    out += ["", "## Accuracy per task", "", "| task | " + " | ".join(models) + " | best | cheapest near best |",
-            "|---|" + "---:|" * len(models) + "---|---|"]
+    out += [
+        "",
+        "## Accuracy per task",
+        "",
+        "| task | " + " | ".join(models) + " | best | cheapest near best |",
+        "|---|" + "---:|" * len(models) + "---|---|",
+    ]
     for task, t in table["tasks"].items():
         row = []
         for m in models:
             c = cell.get((m, task))
             row.append("" if c is None else _pct(c["accuracy"]) + ("*" if c["sparse"] else ""))
         out.append(f"| {task} | " + " | ".join(row) + f" | {t['best_model']} | {t['near_best_model']} |")
-    out += ["", "## Mean cost per query", "", "| task | " + " | ".join(models) + " |",
-            "|---|" + "---:|" * len(models)]
+    out += ["", "## Mean cost per query", "", "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for task in table["tasks"]:
         row = [_usd(cell[(m, task)]["mean_cost_usd"]) if (m, task) in cell else "" for m in models]
         out.append(f"| {task} | " + " | ".join(row) + " |")

@@ -257,6 +257,9 @@ class LocalBackend(Backend):
     ) -> GenerateResult:
         import torch
 
+        # OpenMP's thread count is per calling thread: a worker thread that never set it uses every core,
+        # whatever load() set in its own thread.
+        torch.set_num_threads(self.torch_threads)
         n, stop = params.n, params.stop
         top_k = params.top_logprobs
         want_stats = params.logprobs or top_k > 0

@@ -83,8 +83,11 @@ class ReplayBackend(Backend):
 
     async def health(self) -> str:
         if not self._rows:
-            raise RuntimeError(f"replay rung {self.rung.name} has not loaded {self.path}")
+            raise RuntimeError(f"replay rung {self.rung.name}: {self.path} is not loaded")
         return f"replaying {len(self._rows)} recorded answers of {self.rung.model} (one sample per prompt)"
+
+    async def close(self) -> None:
+        self._rows.clear()
 
 
 def _number(value: object) -> float | None:

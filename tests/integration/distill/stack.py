@@ -26,6 +26,7 @@ from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "escalon" / "demo" / "gsm8k-sample.parquet"
 REDIS_URL = os.environ.get("ESCALON_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 AMQP_URL = os.environ.get("ESCALON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+PG_URL = os.environ.get("ESCALON_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 GPT4, MIXTRAL = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 # What the tests change from the production defaults: poll fast, expire leases fast.
@@ -63,8 +64,13 @@ def env_for(data_dir: Path, broker_url: str = "", **extra: str) -> dict[str, str
 def settings_for(env: dict[str, str]) -> DistillSettings:
     """The front's settings, read from the same variables the workers get."""
     values = {k: v for k, v in env.items() if k.startswith("ESCALON_")}
-    return DistillSettings(**{k.removeprefix("ESCALON_DISTILL_").lower() if k.startswith("ESCALON_DISTILL_") else k: v
-                              for k, v in values.items()}, port=0)
+    return DistillSettings(
+        **{
+            k.removeprefix("ESCALON_DISTILL_").lower() if k.startswith("ESCALON_DISTILL_") else k: v
+            for k, v in values.items()
+        },
+        port=0,
+    )
 
 
 @dataclass
@@ -81,7 +87,10 @@ class Worker:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "escalon.distill", "worker", "--loglevel=INFO", *self.args],
-            env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -109,7 +109,8 @@ async def test_the_same_job_id_runs_once(front: Front) -> None:
 
 async def test_an_empty_id_gets_a_generated_one_and_the_gpu_queue_is_honoured(front: Front) -> None:
     submitted = await front.stub.SubmitJob(
-        distill_pb2.SubmitJobRequest(kind="profile", queue="gpu", params=params(benchmark=str(DEMO))))
+        distill_pb2.SubmitJobRequest(kind="profile", queue="gpu", params=params(benchmark=str(DEMO)))
+    )
     assert len(submitted.job.job_id) == 32 and submitted.job.queue == "gpu"
     assert (await watch(front.stub, submitted.job.job_id))[-1].state == State.JOB_STATE_SUCCEEDED
 
@@ -134,8 +135,10 @@ async def test_an_unknown_job_id_is_not_found(front: Front, rpc: str) -> None:
         (profile_request(chunk_rows="ten"), "params.chunk_rows"),
         (profile_request(chunk_rows=-1), "params.chunk_rows"),
         (profile_request(chunkrows=5), "params.chunkrows"),
-        (distill_pb2.SubmitJobRequest(kind="profile", params=params(benchmark="/nowhere/bench.parquet")),
-         "params.benchmark"),
+        (
+            distill_pb2.SubmitJobRequest(kind="profile", params=params(benchmark="/nowhere/bench.parquet")),
+            "params.benchmark",
+        ),
         (distill_pb2.SubmitJobRequest(kind="profile"), "params.benchmark"),
         (distill_pb2.SubmitJobRequest(kind="", params=params(benchmark=str(DEMO))), "kind"),
         (distill_pb2.SubmitJobRequest(kind="teach", params=params(benchmark=str(DEMO))), "kind"),
@@ -168,8 +171,10 @@ async def test_list_jobs_pages_and_filters(front: Front) -> None:
     succeeded = await front.stub.ListJobs(distill_pb2.ListJobsRequest(state=State.JOB_STATE_SUCCEEDED))
     assert {"list-0", "list-1", "list-2"} <= {j.job_id for j in succeeded.jobs}
     assert all(j.state == State.JOB_STATE_SUCCEEDED for j in succeeded.jobs)
-    for bad, field in [(distill_pb2.ListJobsRequest(page_size=-1), "page_size"),
-                       (distill_pb2.ListJobsRequest(page_token="nonsense"), "page_token")]:
+    for bad, field in [
+        (distill_pb2.ListJobsRequest(page_size=-1), "page_size"),
+        (distill_pb2.ListJobsRequest(page_token="nonsense"), "page_token"),
+    ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await front.stub.ListJobs(bad)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field)
@@ -199,3 +204,16 @@ async def test_the_trace_of_submit_continues_in_the_worker(front: Front) -> None
     await watch(front.stub, "traced")
     started = [e for e in front.store.events("traced") if e.event == "started"]
     assert started[0].metrics["trace_id"] == trace_id
+
+
+async def test_an_evaluate_job_reports_policies(front: Front) -> None:
+    request = distill_pb2.SubmitJobRequest(
+        job_id="demo-evaluate", kind="evaluate", params=params(benchmark=str(DEMO), fit_split="same")
+    )
+    await front.stub.SubmitJob(request)
+    final = (await watch(front.stub, "demo-evaluate"))[-1]
+    assert final.state == State.JOB_STATE_SUCCEEDED, final.error
+    policies = final.result["policies"]
+    assert policies["oracle"]["accuracy"] == pytest.approx(0.875)  # 35 of 40 solved by someone
+    assert policies[f"single:{MIXTRAL}"]["accuracy"] == pytest.approx(0.375)
+    assert final.result["cheapest_matching_best_single"]["policy"] == "verified_cascade"

@@ -166,3 +166,12 @@ def test_api_keys_and_rate_limit(secured_gateway):
 def test_healthz_is_ready_with_the_router_up(gateway):
     reply = httpx.get(f"{gateway.url}/healthz", timeout=10)
     assert reply.status_code == 200 and "SERVING" in reply.json()["router"]
+
+
+def test_the_callers_trace_continues_through_the_router(gateway):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    completion = client(gateway).chat.completions.create(
+        model=MIXTRAL, messages=[{"role": "user", "content": DEMO_PROMPT}],
+        extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    # The router reports the trace its route span belongs to: the one the HTTP client started.
+    assert completion.model_extra["escalon"]["trace_id"] == trace_id

@@ -60,7 +60,8 @@ def test_page_shows_the_running_stacks_rungs_without_console_errors(stack, traff
         for domain in ("Runtime", "Log", "Page"):
             devtools.call(f"{domain}.enable")
         devtools.call("Page.navigate", url=f"{traffic.url}/ops")
-        loaded = devtools.wait_for("document.body.dataset.loaded === 'true'", timeout=30)
+        loaded = devtools.wait_for("location.pathname === '/ops' && document.body !== null && "
+                                   "document.body.dataset.loaded === 'true'", timeout=30)
         assert loaded, "the page did not finish its first refresh"
         rows = devtools.evaluate("Array.from(document.querySelectorAll('#rung-rows tr')).map(r => r.dataset.rung)")
         jobs = devtools.evaluate("Array.from(document.querySelectorAll('#job-rows tr')).map(r => r.dataset.job)")

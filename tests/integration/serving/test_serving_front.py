@@ -9,13 +9,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from escalon.errors import RungUnavailable
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
-from escalon.grpc import open_channel
+from escalon.grpc import open_channel, running_server
+from escalon.registry import load_catalogue
+from escalon.serving.servicer import ServingService
+from escalon.serving.tiers import RayTiers
 from escalon.telemetry import configure_telemetry, tracer
 
 pytestmark = pytest.mark.integration
@@ -172,3 +177,19 @@ def _replica_span(logs: Path, trace_id: int) -> dict | None:
                 return span
             start = text.find("{", end)
     return None
+
+
+async def test_attach_mode_uses_the_deployed_applications_and_names_missing_ones(ray_front):
+    """deploy=false is how the front runs beside a KubeRay RayService: it only looks the applications up."""
+    settings = ray_front.settings.model_copy(update={"deploy": False, "port": 0, "rungs": ["mixtral-8x7b"]})
+    catalogue = load_catalogue(settings.catalogue)
+    async with running_server(ServingService(settings, catalogue), settings, "escalon-serving") as attached:
+        async with grpc.aio.insecure_channel(attached.address) as channel:
+            listed = await serving_pb2_grpc.ModelServingServiceStub(channel).ListModels(serving_pb2.ListModelsRequest())
+    assert [(r.name, r.healthy) for r in listed.rungs] == [("mixtral-8x7b", True)]
+
+    missing = RayTiers([load_catalogue().get("gpt-4")], settings)
+    with pytest.raises(RungUnavailable, match="no Serve application named gpt-4 on the Ray cluster"):
+        await missing.start()
+    await missing.close()
+    assert ray.is_initialized()  # neither front started Ray, so neither stopped it

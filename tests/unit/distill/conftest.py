@@ -15,6 +15,7 @@ PG_URL = os.environ.get("ESCALON_TEST_POSTGRES_URL", "postgresql+psycopg://postg
 
 # A benchmark small enough to profile by hand (see test_distill_profile.py for the expected numbers).
 # Model "a" is cheap, "b" dear; two tasks; the train rows must not count when profiling the test split.
+# fmt: off
 TINY_ROWS = [
     # prompt_id, task, split, model, score, cost_usd
     ("p1", "t1", "test", "a", 1.0, 0.1), ("p1", "t1", "test", "b", 1.0, 1.0),
@@ -25,6 +26,7 @@ TINY_ROWS = [
     ("p6", "t1", "train", "a", 1.0, 0.5), ("p6", "t1", "train", "b", 0.0, 9.0),
     ("p7", "t2", "train", "a", 1.0, 0.5), ("p7", "t2", "train", "b", 0.0, 9.0),
 ]
+# fmt: on
 
 
 def write_benchmark(path: Path, rows: list[tuple] = TINY_ROWS) -> Path:
@@ -54,8 +56,10 @@ def _postgres_store() -> tuple[JobStore, str]:
             schema = f"distill_test_{uuid.uuid4().hex[:12]}"
             conn.execute(f'CREATE SCHEMA "{schema}"')
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({str(exc).strip().splitlines()[0]}); "
-                    "set ESCALON_TEST_POSTGRES_URL to test the job store on PostgreSQL")
+        pytest.skip(
+            f"PostgreSQL not reachable at {PG_URL} ({str(exc).strip().splitlines()[0]}); "
+            "set ESCALON_TEST_POSTGRES_URL to test the job store on PostgreSQL"
+        )
     store = JobStore(PG_URL, connect_args={"options": f"-c search_path={schema}"}).init()
     return store, schema
 

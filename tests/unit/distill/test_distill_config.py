@@ -55,17 +55,29 @@ def test_bad_settings_are_one_clear_error(monkeypatch, env, value, words) -> Non
 def test_the_cli_reports_a_config_error_in_one_line_and_exits_2(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "ESCALON_DATA_DIR": str(tmp_path), "ESCALON_DISTILL_BROKER_URL": "kafka://k"}
     for args in ([], ["worker"]):
-        proc = subprocess.run([sys.executable, "-m", "escalon.distill", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "escalon.distill", *args], env=env, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and "ESCALON_DISTILL_BROKER_URL" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "escalon.distill", "worker", "--queues", "tpu"], env={
-        **env, "ESCALON_DISTILL_BROKER_URL": ""}, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "escalon.distill", "worker", "--queues", "tpu"],
+        env={**env, "ESCALON_DISTILL_BROKER_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--queues" in proc.stderr
-    helped = subprocess.run([sys.executable, "-m", "escalon.distill", "--help"], capture_output=True, text=True,
-                            timeout=60)
-    for name in ("ESCALON_DATA_DIR", "ESCALON_DISTILL_BROKER_URL", "ESCALON_DISTILL_DATABASE_URL",
-                 "ESCALON_DISTILL_LEASE_S", "ESCALON_DISTILL_VISIBILITY_TIMEOUT_S"):
+    helped = subprocess.run(
+        [sys.executable, "-m", "escalon.distill", "--help"], capture_output=True, text=True, timeout=60
+    )
+    for name in (
+        "ESCALON_DATA_DIR",
+        "ESCALON_DISTILL_BROKER_URL",
+        "ESCALON_DISTILL_DATABASE_URL",
+        "ESCALON_DISTILL_LEASE_S",
+        "ESCALON_DISTILL_VISIBILITY_TIMEOUT_S",
+    ):
         assert name in helped.stdout
 
 
@@ -83,8 +95,9 @@ def test_celery_app_delivery_settings_and_no_io(tmp_path: Path) -> None:
 
 
 def test_per_broker_transport_options(tmp_path: Path) -> None:
-    redis = create_celery(DistillSettings(ESCALON_DATA_DIR=str(tmp_path), broker_url="redis://h:6379/0",
-                                          visibility_timeout_s=7200))
+    redis = create_celery(
+        DistillSettings(ESCALON_DATA_DIR=str(tmp_path), broker_url="redis://h:6379/0", visibility_timeout_s=7200)
+    )
     assert redis.conf.broker_transport_options == {"visibility_timeout": 7200}
     assert redis.conf.worker_enable_remote_control is True
     amqp = create_celery(DistillSettings(ESCALON_DATA_DIR=str(tmp_path), broker_url="amqp://h//"))
@@ -92,9 +105,10 @@ def test_per_broker_transport_options(tmp_path: Path) -> None:
 
 
 def test_celery_dash_a_finds_a_lazily_built_app(tmp_path: Path) -> None:
-    code = ("import escalon.distill.celery_app as m, os; a = m.app; "
-            "print(type(a).__name__, a.conf.broker_url, os.path.exists(os.environ['ESCALON_DATA_DIR']))")
+    code = (
+        "import escalon.distill.celery_app as m, os; a = m.app; "
+        "print(type(a).__name__, a.conf.broker_url, os.path.exists(os.environ['ESCALON_DATA_DIR']))"
+    )
     env = {"ESCALON_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.split() == ["DistillCelery", f"sqla+sqlite:///{tmp_path}/d/broker.sqlite", "False"]

@@ -36,9 +36,13 @@ def test_bad_submissions_name_the_field(tmp_path: Path, make_benchmark, kind, pa
     import pandas as pd
 
     pd.DataFrame({"task": ["t"], "split": ["test"], "model": ["m"], "cost_usd": [0.1]}).to_parquet(
-        tmp_path / "noscore.parquet")
-    names = {"TINY": str(tiny), "NOT_PARQUET": str(tmp_path / "notes.txt"),
-             "NO_SCORE": str(tmp_path / "noscore.parquet")}
+        tmp_path / "noscore.parquet"
+    )
+    names = {
+        "TINY": str(tiny),
+        "NOT_PARQUET": str(tmp_path / "notes.txt"),
+        "NO_SCORE": str(tmp_path / "noscore.parquet"),
+    }
     if "benchmark" in params and isinstance(params["benchmark"], str):
         params = {**params, "benchmark": names.get(params["benchmark"], params["benchmark"])}
     with pytest.raises(InvalidInput) as err:

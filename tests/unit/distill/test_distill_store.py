@@ -53,8 +53,19 @@ def test_claim_lease_and_takeover(store: JobStore) -> None:
     # a duplicate delivery while the first worker holds a live lease does not run it
     assert store.claim("j1", second, 10, now=T0 + dt.timedelta(seconds=5)).outcome is ClaimOutcome.BUSY
     # the first worker checkpoints (renewing its lease to T0+20s)
-    assert store.save_checkpoint("j1", first, {"rows": 10}, lease_s=10, progress=0.5, message="half", step=0,
-                                 now=T0 + dt.timedelta(seconds=10)) is False
+    assert (
+        store.save_checkpoint(
+            "j1",
+            first,
+            {"rows": 10},
+            lease_s=10,
+            progress=0.5,
+            message="half",
+            step=0,
+            now=T0 + dt.timedelta(seconds=10),
+        )
+        is False
+    )
     assert store.claim("j1", second, 10, now=T0 + dt.timedelta(seconds=15)).outcome is ClaimOutcome.BUSY
     # ... then stops renewing: after expiry another worker takes over, with the checkpoint, attempt 2
     took = store.claim("j1", second, 10, now=T0 + dt.timedelta(seconds=21))
@@ -77,8 +88,12 @@ def test_claim_lease_and_takeover(store: JobStore) -> None:
 def test_a_dead_local_owner_is_taken_over_at_once(store: JobStore) -> None:
     """What a killed prefork pool process leaves: a live lease held by a pid that no longer exists."""
     _new(store)
-    proc = subprocess.run([sys.executable, "-c", "from escalon.distill.store import make_owner; print(make_owner())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from escalon.distill.store import make_owner; print(make_owner())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_owner = proc.stdout.strip()
     assert store.claim("j1", dead_owner, 600).outcome is ClaimOutcome.CLAIMED
     took = store.claim("j1", make_owner(), 600)

@@ -11,6 +11,7 @@ import math
 import time
 
 import pytest
+import torch
 
 from escalon.errors import ConfigError, InvalidInput
 from escalon.serving.backends import GenerateParams, GenerateResult
@@ -115,3 +116,34 @@ async def test_health_reports_the_engine(smollm):
 def test_an_unknown_model_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigError, match="neither a packaged model .*smollm2-135m-instruct, gemma3-270m"):
         resolve_source(smollm_rung(model="llama-9000"), tmp_path)
+
+
+class _FailingEngine:
+    """Stands in for a model whose device has failed (what a CUDA error looks like to the decode loop)."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def __call__(self, **_):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+async def test_an_engine_failure_makes_health_raise_so_serve_replaces_the_replica(smollm, models_dir):
+    broken = LocalBackend(smollm_rung(), models_dir=models_dir)
+    broken.tokenizer, broken.model = smollm.tokenizer, _FailingEngine(smollm.model.config)
+    await broken.health()  # loaded and not yet failed
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        await broken.generate(GenerateParams(prompt=PROMPT, max_tokens=2))
+    with pytest.raises(RuntimeError, match="engine failed .*illegal memory access.*needs a restart"):
+        await broken.health()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_a_gpu_rung_runs_on_cuda_and_agrees_with_the_cpu(smollm, models_dir):
+    gpu = LocalBackend(smollm_rung(resources={"num_cpus": 1, "num_gpus": 1}), models_dir=models_dir)
+    gpu.load()
+    assert gpu.device == "cuda" and "on cuda" in await gpu.health()
+    params = GenerateParams(prompt=PROMPT, max_tokens=4, logprobs=True)
+    on_gpu, on_cpu = await gpu.generate(params), await smollm.generate(params)
+    assert on_gpu.samples[0].logprobs[0].token == on_cpu.samples[0].logprobs[0].token  # bf16 vs fp32: first token

@@ -86,3 +86,11 @@ def test_the_entry_point_explains_its_environment_and_fails_bad_config_in_one_li
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("escalon-serving: invalid ServingSettings configuration — "
                                                "ESCALON_SERVING_RUNTIME: Input should be 'ray' or 'inprocess'")
+
+
+async def test_check_health_passes_while_the_engine_answers_and_raises_once_it_is_gone(tmp_path):
+    replica = RungReplica(replay_rung(), tmp_path)
+    await replica.check_health()
+    await replica.close()
+    with pytest.raises(RuntimeError, match="is not loaded"):
+        await replica.check_health()
