@@ -97,3 +97,13 @@ def parse_code(text: str) -> str | None:
     body = fenced.group(1) if fenced else text
     lines = [ln.rstrip() for ln in body.strip().splitlines() if ln.strip()]
     return "\n".join(lines) or None
+
+
+def parse_answers(prompt: str, texts: list[str], answer_type: int) -> list[str | None]:
+    """Parse the answers to one prompt. Code is compared by what it does: each program runs in the sandbox
+    against the prompt's tests and examples (escalon.judge.execution); other types parse text alone."""
+    if answer_type == AnswerType.ANSWER_TYPE_CODE:
+        from escalon.judge.execution import execution_answers
+
+        return list(execution_answers(prompt, texts).parsed)
+    return [parse_answer(text, answer_type) for text in texts]

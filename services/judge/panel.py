@@ -2,23 +2,53 @@
 
 A judge without the evidence it needs is skipped and says why, never faked: consistency judges need at
 least two samples, cross-model agreement needs an answer from a rung of another family. The panel's
-confidence is the mean of the judges that ran (weights and calibration fitted from logged outcomes come
-with the calibration work); with no judge able to run, the confidence is 0.
+confidence is the mean of the judges that ran; with no judge able to run, the confidence is 0. The judge
+service scores through escalon.judge.engine, which adds the other judges (execution, text, token, P(True))
+and replaces this mean by fitted weights and a calibration map (escalon.judge.calibration) when it has one.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from escalon.errors import InvalidInput
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import infer_answer_type, parse_answer
+from escalon.judge.answers import infer_answer_type, parse_answers
 from escalon.judge.consistency import cross_model_agreement, sample_consistency
 
 CONSISTENCY_JUDGES = ("agreement", "entropy", "fsd")
-JUDGES = (*CONSISTENCY_JUDGES, "cross_model")
-DEFAULT_PANEL = JUDGES
+PREDICTED_SUCCESS = "predicted_success"
+DEFAULT_PANEL = (*CONSISTENCY_JUDGES, "cross_model")
+JUDGES = (*DEFAULT_PANEL, PREDICTED_SUCCESS)
+
+
+@dataclass(frozen=True)
+class JudgeWeights:
+    """Fitted aggregation: judge -> (weight of its score when it ran, contribution when it was skipped)."""
+
+    bias: float
+    weights: Mapping[str, tuple[float, float]]
+    version: str = ""
+
+    def confidence(self, results: list[JudgeResult] | tuple[JudgeResult, ...]) -> float:
+        z = self.bias
+        for r in results:
+            if r.judge in self.weights:
+                ran_weight, skipped_weight = self.weights[r.judge]
+                z += skipped_weight if r.skipped else ran_weight * r.score
+        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
+
+    def to_dict(self) -> dict:
+        return {"bias": self.bias, "version": self.version,
+                "judges": {k: {"weight": w, "skipped_weight": v} for k, (w, v) in self.weights.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> JudgeWeights:
+        return cls(float(data["bias"]), {k: (float(v["weight"]), float(v["skipped_weight"]))
+                                         for k, v in data.get("judges", {}).items()}, str(data.get("version", "")))
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,8 @@ class Candidate:
     text: str
     rung: str = ""
     family: str = ""
+    logprobs: tuple = ()  # escalon.judge.tokens.TokenStat per generated token, where the rung returned them
+    truncated: bool = False  # cut at the rung's token limit (finish_reason "length")
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,7 @@ class Verdict:
     scores: tuple[JudgeResult, ...]
     counts: tuple[tuple[str, int], ...] = ()
     invalid: int = 0
+    parsed: tuple[str | None, ...] = ()  # each candidate's parsed answer, in order
     ran: tuple[JudgeResult, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,38 +103,60 @@ def judge_answers(
     references: list[Candidate] = (),
     answer_type: int = AnswerType.ANSWER_TYPE_UNSPECIFIED,
     judges: tuple[str, ...] = DEFAULT_PANEL,
+    predicted_success: float | None = None,
+    weights: JudgeWeights | None = None,
 ) -> Verdict:
+    """Run the judges over one rung's samples. A given `predicted_success` always runs as a judge."""
+    if predicted_success is not None and PREDICTED_SUCCESS not in judges:
+        judges = (*judges, PREDICTED_SUCCESS)
     if answer_type == AnswerType.ANSWER_TYPE_UNSPECIFIED:
         answer_type = infer_answer_type(prompt)
-    parsed = [parse_answer(c.text, answer_type) for c in candidates]
+    parsed = parse_answers(prompt, [c.text for c in candidates], answer_type)
+    if answer_type != AnswerType.ANSWER_TYPE_FREE_TEXT:
+        # A sample cut at its token limit never reached its final answer: the last number (or letter) in it
+        # is whatever it was saying when it stopped, so it is no answer at all.
+        parsed = [None if c.truncated else p for c, p in zip(candidates, parsed)]
     stats = sample_consistency(parsed)
     results: list[JudgeResult] = []
     for name in judges:
         if name in CONSISTENCY_JUDGES:
             if len(candidates) < 2:
                 results.append(JudgeResult(name, 0.0, True, "one sample: consistency needs n ≥ 2"))
+            elif len(candidates) - stats.invalid == 1:
+                # Invalid samples are dropped when valid ones exist, so one valid answer would "agree with
+                # itself" perfectly: no evidence of consistency at all.
+                results.append(JudgeResult(name, 0.0, True, f"one valid answer in {len(candidates)} samples: "
+                                                             "consistency needs two"))
             else:
                 results.append(JudgeResult(name, getattr(stats, name)))
         elif name == "cross_model":
             family = candidates[0].family if candidates else ""
-            score = cross_model_agreement(stats.majority, family, _reference_answers(references, answer_type))
+            score = cross_model_agreement(stats.majority, family, _reference_answers(references, answer_type, prompt))
             if score is None:
                 results.append(JudgeResult(name, 0.0, True, "no parsed answer from a rung of another family"))
             else:
                 results.append(JudgeResult(name, score))
+        elif name == PREDICTED_SUCCESS:
+            if predicted_success is None:
+                results.append(JudgeResult(name, 0.0, True, "the router sent no predicted success for this rung"))
+            else:
+                results.append(JudgeResult(name, min(1.0, max(0.0, float(predicted_success)))))
     ran = [r.score for r in results if not r.skipped]
-    confidence = sum(ran) / len(ran) if ran and stats.majority is not None else 0.0
+    if weights is not None:
+        confidence = weights.confidence(results) if ran else 0.0
+    else:
+        confidence = sum(ran) / len(ran) if ran and stats.majority is not None else 0.0
     answer_text = next((c.text for c, p in zip(candidates, parsed) if p == stats.majority), candidates[0].text if candidates else "")
-    return Verdict(confidence, stats.majority, answer_text, answer_type, tuple(results), stats.counts, stats.invalid)
+    return Verdict(confidence, stats.majority, answer_text, answer_type, tuple(results), stats.counts, stats.invalid,
+                   tuple(parsed))
 
 
-def _reference_answers(references: list[Candidate], answer_type: int) -> list[tuple[str | None, str]]:
+def _reference_answers(references: list[Candidate], answer_type: int, prompt: str = "") -> list[tuple[str | None, str]]:
     """One answer per reference rung: its plurality parsed answer. A rung whose samples tie at the top
     could not agree with itself, so it casts no vote."""
     by_rung: dict[tuple[str, str], list[str]] = {}
-    for ref in references:
-        parsed = parse_answer(ref.text, answer_type)
-        if parsed is not None:
+    for ref, parsed in zip(references, parse_answers(prompt, [r.text for r in references], answer_type)):
+        if parsed is not None and not (ref.truncated and answer_type != AnswerType.ANSWER_TYPE_FREE_TEXT):
             by_rung.setdefault((ref.rung, ref.family), []).append(parsed)
     votes = []
     for (_, family), answers in by_rung.items():

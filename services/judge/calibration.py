@@ -1,0 +1,478 @@
+"""Aggregation and calibration: from the judges that ran to one confidence that means what it says.
+
+    raw        = Σ_j ω_j s_j / Σ_j ω_j      over the judges j that ran (skipped judges drop out, never faked)
+    confidence = g(raw)                     g: isotonic or Platt, fitted on logged outcomes
+
+Both ω and g are fitted per *group* — (task, rung), with back-off to (task, *), (*, rung) and (*, *) when a
+group has too few rows — because calibration is model-specific: on GSM8K, Mixtral's answer that disagrees with
+GPT-4's is right 13% of the time, GPT-4's that disagrees with Mixtral's 74%. And g is fitted per *set of judges
+that ran*: a cascade's first rung has no cross-model evidence, so its raw combination means something else
+than the same number with cross_model in it. At fit time each subset S of a group's judges gets its own map,
+fitted on the rows where every judge of S ran, using only S (what the service will see when only S runs).
+
+Weights: ω = softmax(θ), fitted jointly with a Platt map by minimising the log-loss on the fit rows (L-BFGS,
+a small L2 on θ); weights under 1% are dropped. Map: isotonic or Platt, whichever has the lower 5-fold
+cross-validated Brier score on the fit rows ("auto"), or the one asked for.
+
+The artefact is JSON, format `escalon.judge-calibration/v1` (see `Calibration.to_json`). The judge service
+loads it from ESCALON_JUDGE_CALIBRATION (one or more paths); `escalon judge report` and the `judge_report` job
+write it. Test rows never reach `fit_calibration`: callers pass fit (train) rows only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from escalon.errors import ConfigError
+
+FORMAT = "escalon.judge-calibration/v1"
+ANY = "*"
+CLIP = (0.005, 0.995)  # a fitted map never claims certainty: a bin of 30 right answers is not proof
+MAX_SUBSET_JUDGES = 8  # 2^8 − 1 subsets per group at most
+
+
+@dataclass(frozen=True)
+class Row:
+    """One logged outcome: the scores of the judges that ran (skipped ones absent), and whether it was right."""
+
+    scores: Mapping[str, float]
+    correct: float
+    task: str = ""
+    rung: str = ""
+
+
+@dataclass(frozen=True)
+class Map:
+    judges: frozenset[str]
+    rows: int
+    method: str  # "isotonic" | "platt" | "identity"
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    a: float = 1.0
+    b: float = 0.0
+    cv_brier: float | None = None
+
+    def __call__(self, raw: float) -> float:
+        if self.method == "isotonic":
+            value = float(np.interp(raw, self.x, self.y)) if self.x else raw
+        elif self.method == "platt":
+            value = _sigmoid(self.a * raw + self.b)
+        else:
+            value = raw
+        return float(min(max(value, CLIP[0]), CLIP[1]))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"judges": sorted(self.judges), "rows": self.rows, "method": self.method}
+        if self.method == "isotonic":
+            out |= {"x": [round(v, 6) for v in self.x], "y": [round(v, 6) for v in self.y]}
+        elif self.method == "platt":
+            out |= {"a": self.a, "b": self.b}
+        if self.cv_brier is not None:
+            out["cv_brier"] = round(self.cv_brier, 6)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Map:
+        return cls(frozenset(raw["judges"]), int(raw["rows"]), raw["method"], tuple(raw.get("x", ())),
+                   tuple(raw.get("y", ())), float(raw.get("a", 1.0)), float(raw.get("b", 0.0)), raw.get("cv_brier"))
+
+
+@dataclass(frozen=True)
+class Group:
+    task: str
+    rung: str
+    rows: int
+    base_rate: float
+    weights: Mapping[str, float]
+    maps: Mapping[frozenset[str], Map]
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|{self.rung}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "rung": self.rung, "rows": self.rows, "base_rate": round(self.base_rate, 6),
+                "weights": {k: round(v, 6) for k, v in sorted(self.weights.items())},
+                "maps": [m.to_json() for m in sorted(self.maps.values(), key=lambda m: (len(m.judges), sorted(m.judges)))]}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Group:
+        maps = [Map.from_json(m) for m in raw["maps"]]
+        return cls(raw["task"], raw["rung"], int(raw["rows"]), float(raw["base_rate"]),
+                   {k: float(v) for k, v in raw["weights"].items()}, {m.judges: m for m in maps})
+
+
+@dataclass(frozen=True)
+class TokenDeferral:
+    """The learned deferral judge of §3: logistic regression on token log-prob features (standardised)."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    rows: int = 0
+
+    def predict(self, values: Mapping[str, float]) -> float | None:
+        if any(f not in values for f in self.features):
+            return None
+        z = self.intercept + sum(c * (values[f] - m) / s for f, m, s, c in
+                                 zip(self.features, self.mean, self.scale, self.coef))
+        return _sigmoid(z)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
+                "coef": list(self.coef), "intercept": self.intercept, "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TokenDeferral:
+        return cls(tuple(raw["features"]), tuple(raw["mean"]), tuple(raw["scale"]), tuple(raw["coef"]),
+                   float(raw["intercept"]), int(raw.get("rows", 0)))
+
+
+@dataclass(frozen=True)
+class Applied:
+    confidence: float
+    raw: float
+    calibrated: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    judges: tuple[str, ...]  # the panel these maps were fitted for: the service's default panel
+    groups: tuple[Group, ...]
+    deferral: TokenDeferral | None = None
+    source: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "calibration"
+
+    @property
+    def by_key(self) -> dict[tuple[str, str], Group]:
+        return {(g.task, g.rung): g for g in self.groups}
+
+    def lookup(self, task: str, rungs: Sequence[str]) -> list[Group]:
+        """Groups to try, most specific first: (task, rung), (task, *), (*, rung), (*, *)."""
+        groups = self.by_key
+        keys: list[tuple[str, str]] = []
+        if task:
+            keys += [(task, r) for r in rungs if r] + [(task, ANY)]
+        keys += [(ANY, r) for r in rungs if r] + [(ANY, ANY)]
+        seen, out = set(), []
+        for key in keys:
+            if key in groups and key not in seen:
+                seen.add(key)
+                out.append(groups[key])
+        return out
+
+    def apply(self, scores: Mapping[str, float], task: str = "", rungs: Sequence[str] = ()) -> Applied:
+        """Combine the judges that ran (`scores` holds only those) and calibrate; say which map was used."""
+        if not scores:
+            return Applied(0.0, 0.0, False, "no judge ran")
+        first_weighted: tuple[float, Group] | None = None
+        for group in self.lookup(task, rungs):
+            used = {j: s for j, s in scores.items() if group.weights.get(j, 0.0) > 0}
+            if not used:
+                continue
+            raw = weighted_mean(used, group.weights)
+            first_weighted = first_weighted or (raw, group)
+            fitted = group.maps.get(frozenset(used))
+            if fitted is not None:
+                ignored = sorted(set(scores) - set(used))
+                note = (f"{self.name}: group {group.key}, {fitted.method} map over {', '.join(sorted(used))} "
+                        f"({fitted.rows} fit rows)")
+                if ignored:
+                    note += f"; weight 0: {', '.join(ignored)}"
+                return Applied(fitted(raw), raw, True, note)
+        if first_weighted is not None:
+            raw, group = first_weighted
+            return Applied(raw, raw, False, f"{self.name}: no map fitted for judges {', '.join(sorted(scores))} "
+                                            f"in any group tried; weighted mean of group {group.key}, uncalibrated")
+        mean = sum(scores.values()) / len(scores)
+        return Applied(mean, mean, False, f"{self.name}: no group for task {task or '-'} and rung "
+                                          f"{'/'.join(rungs) or '-'} weighs these judges; plain mean, uncalibrated")
+
+    # ---- persistence -------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "judges": list(self.judges), "source": dict(self.source),
+                "groups": [g.to_json() for g in self.groups],
+                "deferral": self.deferral.to_json() if self.deferral else None}
+
+    def save(self, path: Path) -> Path:
+        return atomic_write(Path(path), json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], name: str = "calibration") -> Calibration:
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
+        deferral = TokenDeferral.from_json(raw["deferral"]) if raw.get("deferral") else None
+        return cls(tuple(raw["judges"]), tuple(Group.from_json(g) for g in raw["groups"]), deferral,
+                   raw.get("source", {}), name)
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()), name=Path(path).name)
+        except FileNotFoundError:
+            raise ConfigError(f"calibration artefact {path} does not exist (ESCALON_JUDGE_CALIBRATION); run "
+                              "`escalon judge report` to fit one, or unset the variable") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"calibration artefact {path} is not a valid {FORMAT} file: {exc}") from None
+
+    @classmethod
+    def merge(cls, parts: Sequence[Calibration]) -> Calibration:
+        """Several artefacts as one (e.g. recorded-benchmark maps and live local-model maps); earlier wins."""
+        groups: dict[tuple[str, str], Group] = {}
+        judges: list[str] = []
+        for part in parts:
+            for g in part.groups:
+                groups.setdefault((g.task, g.rung), g)
+            judges += [j for j in part.judges if j not in judges]
+        deferral = next((p.deferral for p in parts if p.deferral), None)
+        return cls(tuple(judges), tuple(groups.values()), deferral, {"merged": [p.name for p in parts]},
+                   "+".join(p.name for p in parts))
+
+
+# ---- fitting ---------------------------------------------------------------------------------------------
+
+
+def weighted_mean(scores: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    total = sum(weights.get(j, 0.0) for j in scores)
+    return sum(weights.get(j, 0.0) * s for j, s in scores.items()) / total
+
+
+def fit_calibration(rows: Sequence[Row], judges: Sequence[str], *, min_rows: int = 50, method: str = "auto",
+                    weighting: str = "logloss", deferral: TokenDeferral | None = None,
+                    source: Mapping[str, Any] | None = None, levels: Iterable[str] = ("task_rung", "task", "rung", "all"),
+                    ) -> Calibration:
+    """Fit weights and maps for every group with at least `min_rows` rows. Pass fit (train) rows only."""
+    judges = tuple(judges)
+    buckets: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        for level in levels:
+            task = row.task if level in ("task_rung", "task") else ANY
+            rung = row.rung if level in ("task_rung", "rung") else ANY
+            if (level in ("task_rung", "task") and not row.task) or (level in ("task_rung", "rung") and not row.rung):
+                continue
+            buckets.setdefault((task, rung), []).append(row)
+    groups = []
+    fitted: dict[tuple[int, ...], Group | None] = {}  # groups with the same rows (one task: task|* = *|*) fit once
+    for (task, rung), members in sorted(buckets.items()):
+        if len(members) < min_rows:
+            continue
+        same = tuple(sorted(id(r) for r in members))
+        if same not in fitted:
+            fitted[same] = fit_group(members, judges, task=task, rung=rung, min_rows=min_rows, method=method,
+                                     weighting=weighting)
+        if fitted[same] is not None:
+            groups.append(dataclasses.replace(fitted[same], task=task, rung=rung))
+    return Calibration(judges, tuple(groups), deferral, dict(source or {}))
+
+
+def fit_group(rows: Sequence[Row], judges: Sequence[str], *, task: str = ANY, rung: str = ANY, min_rows: int = 50,
+              method: str = "auto", weighting: str = "logloss") -> Group | None:
+    present = [j for j in judges if sum(j in r.scores for r in rows) >= min_rows]
+    if not present:
+        return None
+    y = np.array([r.correct for r in rows], dtype=float)
+    weights = fit_weights(rows, present, weighting=weighting)
+    active = [j for j in present if weights.get(j, 0.0) > 0]
+    if len(active) > MAX_SUBSET_JUDGES:  # keep the strongest; the others get weight 0
+        active = sorted(active, key=lambda j: -weights[j])[:MAX_SUBSET_JUDGES]
+        weights = {j: (w if j in active else 0.0) for j, w in weights.items()}
+    maps: dict[frozenset[str], Map] = {}
+    for size in range(1, len(active) + 1):
+        for subset in itertools.combinations(active, size):
+            keep = [i for i, r in enumerate(rows) if all(j in r.scores for j in subset)]
+            if len(keep) < min_rows:
+                continue
+            raw = np.array([weighted_mean({j: rows[i].scores[j] for j in subset}, weights) for i in keep])
+            maps[frozenset(subset)] = fit_map(raw, y[keep], method=method, judges=frozenset(subset))
+    if not maps:
+        return None
+    return Group(task, rung, len(rows), float(y.mean()), weights, maps)
+
+
+def fit_weights(rows: Sequence[Row], judges: Sequence[str], *, weighting: str = "logloss",
+                l2: float = 1e-3) -> dict[str, float]:
+    """ω on the simplex. "logloss": jointly with a Platt map, minimising log-loss; "uniform": equal weights;
+    "quality": ∝ max(AUROC − 0.5, 0) of each judge alone (ALGORITHMS.md §1's "judge quality on dev data")."""
+    judges = list(judges)
+    k = len(judges)
+    if k == 1 or weighting == "uniform":
+        return {j: 1.0 / k for j in judges}
+    s = np.array([[r.scores.get(j, 0.0) for j in judges] for r in rows], dtype=float)
+    m = np.array([[j in r.scores for j in judges] for r in rows], dtype=float)
+    y = np.array([r.correct for r in rows], dtype=float)
+    usable = m.sum(axis=1) > 0
+    s, m, y = s[usable], m[usable], y[usable]
+    if weighting == "quality":
+        from escalon.judge.metrics import auroc
+
+        quality = []
+        for c in range(k):
+            ran = m[:, c] > 0
+            value = auroc(s[ran, c], y[ran]) if ran.any() else None
+            quality.append(max((value or 0.5) - 0.5, 0.0))
+        total = sum(quality)
+        return {j: (q / total if total else 1.0 / k) for j, q in zip(judges, quality)}
+    from scipy.optimize import minimize
+
+    n = y.size
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        theta, a, b = params[:k], params[k], params[k + 1]
+        w = np.exp(theta - theta.max())
+        w /= w.sum()
+        denom = np.maximum(m @ w, 1e-12)
+        raw = (s * m) @ w / denom
+        p = np.clip(_sigmoid_np(a * raw + b), 1e-9, 1 - 1e-9)
+        value = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)) + l2 * np.sum(theta ** 2))
+        err = (p - y) / n  # d loss / d (a·raw + b)
+        g = ((err * a / denom)[:, None] * m * (s - raw[:, None])).sum(axis=0)  # d loss / d w
+        grad_theta = w * (g - w @ g) + 2 * l2 * theta
+        return value, np.concatenate([grad_theta, [float(err @ raw), float(err.sum())]])
+
+    start = np.concatenate([np.zeros(k), [4.0, -2.0]])
+    best = minimize(loss, start, method="L-BFGS-B", jac=True)
+    theta = best.x[:k]
+    w = np.exp(theta - theta.max())
+    w /= w.sum()
+    w = np.where(w < 0.01, 0.0, w)
+    w /= w.sum()
+    return {j: float(v) for j, v in zip(judges, w)}
+
+
+def fit_map(raw: np.ndarray, y: np.ndarray, *, method: str = "auto", judges: frozenset[str] = frozenset(),
+            folds: int = 5) -> Map:
+    raw, y = np.asarray(raw, dtype=float), np.asarray(y, dtype=float)
+    if method == "auto":
+        scores = {m: _cv_brier(raw, y, m, folds) for m in ("platt", "isotonic")}
+        method = min(scores, key=lambda m: (scores[m], m != "platt"))
+        fitted = _fit_one(raw, y, method, judges)
+        return Map(fitted.judges, fitted.rows, fitted.method, fitted.x, fitted.y, fitted.a, fitted.b, scores[method])
+    return _fit_one(raw, y, method, judges)
+
+
+def _fit_one(raw: np.ndarray, y: np.ndarray, method: str, judges: frozenset[str]) -> Map:
+    if len(set(y.tolist())) < 2:  # one class only: the base rate is all there is to say
+        rate = float(y.mean()) if y.size else 0.5
+        return Map(judges, int(y.size), "isotonic", (0.0, 1.0), (rate, rate))
+    if method == "isotonic":
+        x, fitted = _isotonic(raw, y)
+        return Map(judges, int(y.size), "isotonic", tuple(map(float, x)), tuple(map(float, fitted)))
+    if method == "platt":
+        a, b = _platt(raw, y)
+        return Map(judges, int(y.size), "platt", a=a, b=b)
+    raise ValueError(f"unknown calibration method {method!r}: isotonic, platt or auto")
+
+
+def _isotonic(raw: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic (non-decreasing) regression by pool-adjacent-violators; ties in raw are pooled first. Returns
+    the knots to interpolate between: the two ends of every constant block."""
+    xs, inverse = np.unique(raw, return_inverse=True)
+    weight = np.bincount(inverse).astype(float)
+    mean = np.bincount(inverse, weights=y) / weight
+    values, weights, starts = [], [], []
+    for i in range(xs.size):
+        values.append(mean[i])
+        weights.append(weight[i])
+        starts.append(i)
+        while len(values) > 1 and values[-2] >= values[-1]:
+            w = weights[-2] + weights[-1]
+            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
+            weights[-2] = w
+            values.pop()
+            weights.pop()
+            starts.pop()
+    knots_x, knots_y = [], []
+    ends = starts[1:] + [xs.size]
+    for value, start, end in zip(values, starts, ends):
+        knots_x.append(xs[start])
+        knots_y.append(value)
+        if end - 1 > start:
+            knots_x.append(xs[end - 1])
+            knots_y.append(value)
+    return np.array(knots_x), np.clip(np.array(knots_y), 0.0, 1.0)
+
+
+def _platt(raw: np.ndarray, y: np.ndarray, ridge: float = 1e-4) -> tuple[float, float]:
+    """Logistic regression of y on raw (two parameters) by Newton's method, with a tiny ridge so separable
+    data stays finite."""
+    x = np.column_stack([raw, np.ones_like(raw)])
+    w = np.zeros(2)
+    for _ in range(50):
+        p = _sigmoid_np(x @ w)
+        grad = x.T @ (p - y) / y.size + ridge * np.array([w[0], 0.0])
+        hess = (x * (p * (1 - p))[:, None]).T @ x / y.size + ridge * np.eye(2)
+        step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return float(w[0]), float(w[1])
+
+
+def _cv_brier(raw: np.ndarray, y: np.ndarray, method: str, folds: int) -> float:
+    n = y.size
+    order = np.random.default_rng(0).permutation(n)
+    errors = np.zeros(n)
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        if train.size == 0 or test.size == 0:
+            continue
+        fitted = _fit_one(raw[train], y[train], method, frozenset())
+        errors[test] = (np.array([fitted(v) for v in raw[test]]) - y[test]) ** 2
+    return float(errors.mean())
+
+
+def fit_deferral(features: Sequence[Mapping[str, float]], correct: Sequence[float], names: Sequence[str],
+                 c: float = 1.0) -> TokenDeferral | None:
+    """Logistic regression on token-level features; None when the rows cannot support one."""
+    keep = [i for i, f in enumerate(features) if all(n in f for n in names)]
+    y = np.array([correct[i] for i in keep], dtype=float)
+    if len(keep) < 10 or len(set(y.tolist())) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.array([[features[i][n] for n in names] for i in keep], dtype=float)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=c, max_iter=1000).fit((x - mean) / scale, y)
+    return TokenDeferral(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)),
+                         tuple(map(float, model.coef_[0])), float(model.intercept_[0]), len(keep))
+
+
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Temporary file in the same folder, then os.replace: a reader sees the old file or the new, never half."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and artefacts are for others to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def _sigmoid_np(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
