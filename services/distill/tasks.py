@@ -9,6 +9,16 @@ the job store. Anyone can start a stored job by name:
 
 A redelivered or duplicate message is harmless: the job is claimed through its lease, and a finished job
 is never run again.
+
+Celery users can also skip the gRPC front and send a job by its kind's task name, with the params as
+keyword arguments; the task id is the job id (the idempotency key), so the job is stored, visible to
+GetJob/WatchJob/`escalon jobs`, and runs once however often the message is sent or delivered:
+
+    app.send_task("escalon.distill.undo", kwargs={"teacher": "program:arith", "student": "smollm2-135m",
+                  "data": "jobs/h1/dataset.jsonl"}, task_id="undo-1", queue="cpu")
+
+Params are validated exactly as SubmitJob validates them; invalid ones fail the task with the reason and
+store nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from escalon.distill import runner
+from escalon.distill import jobs, runner
+from escalon.errors import AlreadyExists
 
 if TYPE_CHECKING:
     from escalon.distill.celery_app import DistillCelery
@@ -60,7 +71,44 @@ def register(app: DistillCelery) -> Any:
             )
             raise self.retry(exc=exc, countdown=delay) from exc
 
+    for kind_name in jobs.KINDS:
+        _register_kind(app, kind_name)
     return run_job
+
+
+def _register_kind(app: DistillCelery, kind_name: str) -> None:
+    """`escalon.distill.<kind>(**params)`: store the job under the task id, then run it in this delivery."""
+
+    @app.task(
+        name=f"escalon.distill.{kind_name}",
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=app.settings.max_retries,
+    )
+    def submit_and_run(self: Any, **params: Any) -> dict[str, Any]:
+        app_: DistillCelery = self.app
+        settings = app_.settings
+        job_id = self.request.id
+        kind, parsed = jobs.validate(kind_name, params, settings.data_dir)  # InvalidInput: fails, nothing stored
+        stored = parsed.model_dump(mode="json")
+        queue = (self.request.delivery_info or {}).get("routing_key") or kind.default_queue
+        try:
+            store = app_.job_store()
+            job, created = store.create_if_absent(job_id, kind=kind.name, queue=queue, params=stored)
+            if not created and (job.kind, job.params) != (kind.name, stored):
+                raise AlreadyExists(f"job {job_id!r} exists with a different kind or params; use another task id",
+                                    field="task_id")
+            if job.enqueued_at is None:
+                store.mark_enqueued(job_id)  # its message is this one: the reaper must not publish another
+            return runner.execute(store, settings, job_id).as_dict()
+        except runner.TRANSIENT_ERRORS as exc:
+            if self.request.retries >= self.max_retries:
+                _give_up(app_, job_id, exc, self.request.retries)
+                raise
+            delay = runner.backoff_delay(self.request.retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
+            raise self.retry(exc=exc, countdown=delay) from exc
 
 
 def _give_up(app: DistillCelery, job_id: str, exc: BaseException, retries: int) -> None:

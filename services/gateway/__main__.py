@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         create_app(settings, telemetry=configure_telemetry("escalon-gateway")), host=settings.host,
         port=settings.port, lifespan="on", timeout_graceful_shutdown=settings.grace_seconds, log_config=None,
-        access_log=False,
+        access_log=False, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish (grace), lifespan shutdown (close the
     # channels, flush spans); uvicorn then re-raises the signal, so a signalled stop ends as one.

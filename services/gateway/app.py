@@ -79,7 +79,7 @@ def gateway_of(request: Request) -> Gateway:
 
 
 class ClientGone(Exception):
-    """The HTTP client disconnected before the route finished; the route was cancelled."""
+    """The HTTP client disconnected before the route finished; its gRPC call was cancelled."""
 
 
 def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) -> FastAPI:
@@ -109,7 +109,8 @@ def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) ->
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"],
-                           expose_headers=["x-escalon-rung", "x-escalon-cost-usd", "x-request-id"])
+                           expose_headers=["x-escalon-rung", "x-escalon-cost-usd", "x-escalon-confidence",
+                                           "x-escalon-trace-id", "x-request-id", "retry-after"])
     app.add_middleware(TracingMiddleware)
     _install_error_handlers(app)
     _add_api_routes(app)
@@ -296,7 +297,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
-        log.info("%s %s: the client disconnected; the route was cancelled", request.method, request.url.path)
+        log.info("%s %s: the client disconnected; route call cancelled", request.method, request.url.path)
         return Response(status_code=499)
 
     @app.exception_handler(Exception)

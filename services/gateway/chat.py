@@ -240,6 +240,9 @@ def route_request(body: ChatCompletionRequest, request_id: str) -> router_pb2.Ro
         pass
     elif model.startswith(POLICY_PREFIX):
         request.operating_point = model[len(POLICY_PREFIX):]
+        if not request.operating_point:
+            raise invalid("name an operating point after escalon/ (escalon/economy, ...) or use escalon/auto",
+                          "model")
     else:
         request.pin_rung = model
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -301,7 +304,7 @@ def completion(response: router_pb2.RouteResponse, completion_id: str, created: 
 def escalon_headers(response: router_pb2.RouteResponse) -> dict[str, str]:
     return {
         "x-escalon-rung": response.rung,
-        "x-escalon-cost-usd": f"{response.total_cost_usd:.12f}".rstrip("0").rstrip(".") or "0",
+        "x-escalon-cost-usd": repr(response.total_cost_usd),  # shortest text that reads back as the same float
         "x-escalon-confidence": f"{response.confidence:.4f}",
         "x-escalon-trace-id": response.trace_id,
         "x-request-id": response.request_id,

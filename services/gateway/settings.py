@@ -65,6 +65,11 @@ class GatewaySettings(ServiceSettings):
         description="eval report JSON for the frontier plot ({points: [{name, cost_usd, quality}]} or an "
         "escalon.profile/v1 table); the live window's operating points when unset",
     )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="proxies trusted for X-Forwarded-For (the client address that rate limits use without keys); "
+        "comma-separated addresses or CIDRs, '*' behind an ingress you trust",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="browser origins allowed to call the API (CORS); empty = none"
     )

@@ -16,11 +16,8 @@ from typing import Protocol
 
 from escalon.errors import BudgetExceeded, EscalonError, RungUnavailable
 from escalon.registry import Catalogue, Rung
-from escalon.router.policy import RoutePlan, RouteQuery, estimate_tokens
+from escalon.router.policy import AGREEING_SHARE, RoutePlan, RouteQuery, estimate_tokens
 from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
-
-# An answer is accepted when the panel's confidence reaches τ and at least this share of judges agree.
-AGREEING_SHARE = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +27,7 @@ class Generation:
     latency_ms: float
     input_tokens: int = 0
     output_tokens: int = 0
+    truncated: tuple[bool, ...] = ()  # per text: stopped at the token limit (empty: none was)
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,7 @@ class Answer:
     text: str
     rung: str
     family: str
+    truncated: bool = False  # cut at the rung's token limit: the judges treat its parsed answer as invalid
 
 
 class Generator(Protocol):
@@ -69,7 +68,8 @@ class Generator(Protocol):
 
 class Scorer(Protocol):
     async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
-                    answer_type: int) -> Judgement: ...
+                    answer_type: int, **signals) -> Judgement:
+        """`signals` (only when the plan has them): predicted_success (float), weights (JudgeWeights)."""
 
 
 @dataclass
@@ -172,13 +172,18 @@ class Cascade:
                     await on_event("judged", attempt, attempt.note)
                     continue
                 spent += attempt.cost_usd
-                judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type)
+                signals = {}
+                if rung.name in plan.predicted_success:
+                    signals["predicted_success"] = float(plan.predicted_success[rung.name])
+                if plan.judge_weights is not None:
+                    signals["weights"] = plan.judge_weights
+                judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type, **signals)
                 attempt.confidence = judgement.confidence
                 attempt.scores = judgement.scores
                 attempt.parsed_answer = judgement.answer
                 attempt.answer = judgement.answer_text or answers[0].text
                 attempt.accepted = (judgement.confidence >= plan.threshold
-                                    and judgement.agreeing_share >= AGREEING_SHARE)
+                                    and judgement.agreeing_share >= plan.min_agreeing_share)
                 span.set_attribute(ATTR_CONFIDENCE, attempt.confidence)
                 span.set_attribute(ATTR_ACCEPTED, attempt.accepted)
                 span.set_attribute(ATTR_COST_USD, attempt.cost_usd)
@@ -206,7 +211,8 @@ class Cascade:
         attempt.cost_usd = generation.cost_usd
         attempt.input_tokens, attempt.output_tokens = generation.input_tokens, generation.output_tokens
         attempt.latency_ms = generation.latency_ms or (time.perf_counter() - started) * 1000
-        return [Answer(text, rung.name, rung.family) for text in generation.texts]
+        cut = generation.truncated or (False,) * len(generation.texts)
+        return [Answer(text, rung.name, rung.family, truncated) for text, truncated in zip(generation.texts, cut)]
 
     def _fallback(self, attempts: list[Attempt], plan: RoutePlan) -> CascadeResult:
         answered = [a for a in attempts if a.answered]

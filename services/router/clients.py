@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from escalon.errors import EscalonError, InvalidInput, RungUnavailable
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
+from escalon.judge.panel import JudgeWeights
 from escalon.registry import Rung
 from escalon.router.cascade import Answer, Generation, Judgement, JudgeVerdict
 
@@ -56,6 +57,7 @@ class ServingClient:
             latency_ms=max(r.latency_ms for r in responses) or (time.perf_counter() - started) * 1000,
             input_tokens=sum(r.usage.input_tokens for r in responses),
             output_tokens=sum(r.usage.output_tokens for r in responses),
+            truncated=tuple(s.finish_reason == "length" for r in responses for s in r.samples),
         )
 
     async def _stream(self, rung: Rung, request: serving_pb2.GenerateRequest,
@@ -78,16 +80,21 @@ class JudgeClient:
         self.timeout_s = timeout_s
 
     async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
-                    answer_type: int) -> Judgement:
+                    answer_type: int, predicted_success: float | None = None,
+                    weights: JudgeWeights | None = None) -> Judgement:
         def wire(items: list[Answer]) -> list[judge_pb2.Candidate]:
-            return [judge_pb2.Candidate(text=a.text, rung=a.rung, family=a.family) for a in items]
+            return [judge_pb2.Candidate(text=a.text, rung=a.rung, family=a.family, truncated=a.truncated)
+                    for a in items]
 
         try:
-            response = await self.stub.Score(
-                judge_pb2.ScoreRequest(prompt=prompt, candidates=wire(candidates), references=wire(references),
-                                       answer_type=answer_type),
-                timeout=self.timeout_s,
-            )
+            request = judge_pb2.ScoreRequest(prompt=prompt, candidates=wire(candidates), references=wire(references),
+                                             answer_type=answer_type, predicted_success=predicted_success)
+            if weights is not None:
+                request.weights.CopyFrom(judge_pb2.JudgeWeights(
+                    bias=weights.bias, version=weights.version,
+                    judges=[judge_pb2.JudgeWeight(judge=j, weight=w, skipped_weight=v)
+                            for j, (w, v) in sorted(weights.weights.items())]))
+            response = await self.stub.Score(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, "judge") from None
         return Judgement(

@@ -7,7 +7,7 @@ while skipping the gRPC hops.
 
 from __future__ import annotations
 
-from escalon.judge.panel import DEFAULT_PANEL, Candidate, judge_answers
+from escalon.judge.panel import DEFAULT_PANEL, Candidate, JudgeWeights, judge_answers
 from escalon.router.cascade import Answer, Judgement, JudgeVerdict
 
 
@@ -16,13 +16,16 @@ class PanelScorer:
         self.judges = judges
 
     async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
-                    answer_type: int) -> Judgement:
+                    answer_type: int, predicted_success: float | None = None,
+                    weights: JudgeWeights | None = None) -> Judgement:
         verdict = judge_answers(
             prompt,
-            [Candidate(a.text, a.rung, a.family) for a in candidates],
-            references=[Candidate(a.text, a.rung, a.family) for a in references],
+            [Candidate(a.text, a.rung, a.family, truncated=a.truncated) for a in candidates],
+            references=[Candidate(a.text, a.rung, a.family, truncated=a.truncated) for a in references],
             answer_type=answer_type,
             judges=self.judges,
+            predicted_success=predicted_success,
+            weights=weights,
         )
         return Judgement(
             confidence=verdict.confidence,

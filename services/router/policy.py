@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
+from escalon.judge.panel import JudgeWeights
 from escalon.registry import Catalogue
+
+# An answer is accepted when the panel's confidence reaches τ and at least this share of judges agree
+# (unweighted panels); a plan with fitted judge weights sets its own share (0: the fitted confidence decides).
+AGREEING_SHARE = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,9 @@ class RoutePlan:
     reason: str  # why, in words a person can check
     threshold: float
     labels: tuple[Label, ...] = ()
-    predicted_success: Mapping[str, float] = field(default_factory=dict)
+    predicted_success: Mapping[str, float] = field(default_factory=dict)  # sent to the predicted_success judge
+    judge_weights: JudgeWeights | None = None  # how the panel aggregates; None = mean of the judges that ran
+    min_agreeing_share: float = AGREEING_SHARE
 
 
 class RoutingPolicy(Protocol):

@@ -14,7 +14,7 @@ from escalon.errors import InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import open_channel
-from escalon.registry import Catalogue
+from escalon.registry import Catalogue, LiveCatalogue, promoted_path
 from escalon.router.cascade import Attempt, Cascade, CascadeResult, SamplingConfig
 from escalon.router.clients import JudgeClient, ServingClient, wait_until_serving
 from escalon.router.policy import CheapestFirstPolicy, RoutePlan, RouteQuery, RoutingPolicy
@@ -42,6 +42,19 @@ class Router:
         for name in settings.rungs:
             catalogue.get(name, field="ESCALON_ROUTER_RUNGS")
         self.rungs = list(settings.rungs) or catalogue.names
+        self.live: LiveCatalogue | None = None  # set by RouterService: rungs promoted by distillation join
+
+    def refresh_catalogue(self) -> None:
+        """Take in rungs promoted since the last request (one stat() when nothing changed). A router configured
+        with an explicit rung list (ESCALON_ROUTER_RUNGS) keeps it; one routing every rung routes them too."""
+        if self.live is None:
+            return
+        catalogue = self.live.current()
+        if catalogue is self.catalogue:
+            return
+        self.catalogue = self.cascade.catalogue = catalogue
+        if not self.settings.rungs:
+            self.rungs = catalogue.names
 
     def query_from(self, request: router_pb2.RouteRequest) -> RouteQuery:
         prompt = request.prompt
@@ -84,6 +97,7 @@ class Router:
         return self.settings.operating_points[point]
 
     async def route(self, request: router_pb2.RouteRequest, on_event=None, on_text=None) -> router_pb2.RouteResponse:
+        self.refresh_catalogue()
         query = self.query_from(request)
         request_id = request.request_id or uuid.uuid4().hex
         started = time.perf_counter()
@@ -161,6 +175,7 @@ class RouterService:
         sampling = SamplingConfig(self.settings.local_samples, self.settings.remote_samples, self.settings.temperature)
         cascade = Cascade(self.catalogue, ServingClient(serving), JudgeClient(judge), sampling)
         self.router = Router(self.settings, self.catalogue, cascade, self.policy)
+        self.router.live = LiveCatalogue(self.catalogue, promoted_path(self.settings.data_dir))
 
     async def close(self) -> None:
         for channel in self._channels:

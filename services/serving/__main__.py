@@ -10,7 +10,7 @@ import sys
 from pydantic import AliasChoices
 
 from escalon.config import load_settings
-from escalon.errors import ConfigError
+from escalon.errors import ConfigError, EscalonError
 from escalon.grpc import serve
 from escalon.registry import load_catalogue
 
@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"escalon-serving: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(service, settings, "escalon-serving"))
+    try:
+        asyncio.run(serve(service, settings, "escalon-serving"))
+    except EscalonError as exc:  # e.g. a rung's replica could not start: one line, not a traceback
+        print(f"escalon-serving: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
     return 0
 
 

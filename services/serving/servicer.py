@@ -8,6 +8,7 @@ replica. Errors are raised as escalon.errors types; the bootstrap's interceptor 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 
@@ -17,13 +18,15 @@ from opentelemetry import trace
 from escalon.errors import ConfigError, InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
-from escalon.registry import Catalogue, Rung
+from escalon.registry import Catalogue, LiveCatalogue, Rung, promoted_path
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
 
 from .backends import GenerateParams, GenerateResult
 from .backends.base import estimate_tokens
 from .settings import ServingSettings
 from .tiers import InProcessTiers, RayTiers, Tiers
+
+log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 32
 MAX_TOP_LOGPROBS = 20
@@ -48,6 +51,9 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         self._served = {rung.name for rung in self.rungs}
         runtime = InProcessTiers if settings.runtime == "inprocess" else RayTiers
         self.tiers: Tiers = tiers or runtime(self.rungs, settings)
+        # Rungs promoted by distillation appear in an overlay file; each is loaded the first time it is seen.
+        self.live = LiveCatalogue(catalogue, promoted_path(settings.data_dir) if settings.serve_promoted else None)
+        self._adding = asyncio.Lock()
 
     # ---- the Service protocol of escalon.grpc ----------------------------------------------------------
 
@@ -62,13 +68,35 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
 
     # ---- RPCs ------------------------------------------------------------------------------------------
 
+    async def _refresh(self) -> None:
+        """Serve the rungs promoted since the last look (one stat() when nothing changed)."""
+        catalogue = self.live.current()
+        if catalogue is self.catalogue:
+            return
+        async with self._adding:
+            catalogue = self.live.current()
+            for rung in catalogue.rungs:
+                if rung.name not in self._served and rung in self.live.promoted:
+                    try:
+                        await self.tiers.add(rung)
+                    except Exception:  # noqa: BLE001 - one bad promotion must not take the other rungs down
+                        log.exception("could not load promoted rung %s; it stays unserved until the overlay changes",
+                                      rung.name)
+                        continue
+                    log.info("serving promoted rung %s (%s %s)", rung.name, rung.backend, rung.model)
+                    self.rungs.append(rung)
+                    self._served.add(rung.name)
+            self.catalogue = catalogue
+
     async def Generate(self, request: serving_pb2.GenerateRequest, context) -> serving_pb2.GenerateResponse:
+        await self._refresh()
         rung, params = self._validate(request)
         started = time.perf_counter()
         result = await self.tiers.generate(rung.name, params, self._timeout(rung, context))
         return self._response(rung, params, result, started)
 
     async def GenerateStream(self, request: serving_pb2.GenerateStreamRequest, context):
+        await self._refresh()
         rung, params = self._validate(request.request, prefix="request.")
         if params.n != 1:
             raise InvalidInput(f"GenerateStream streams one sample; use Generate for n > 1 (got {params.n})",
@@ -82,6 +110,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
                 yield serving_pb2.GenerateStreamResponse(text=item)
 
     async def ListModels(self, request: serving_pb2.ListModelsRequest, context) -> serving_pb2.ListModelsResponse:
+        await self._refresh()
         health = await asyncio.gather(*(self.tiers.health(rung.name) for rung in self.rungs))
         return serving_pb2.ListModelsResponse(
             rungs=[

@@ -55,6 +55,11 @@ class ServingSettings(ServiceSettings):
         description="torch threads per local model replica; unset: the CPUs its rung reserves (resources.num_cpus, rounded up)",
     )
     health_timeout_s: float = Field(default=2.0, gt=0, description="how long ListModels waits for a rung's health")
+    serve_promoted: bool = Field(
+        default=True,
+        description="also serve rungs promoted by distillation (<data_dir>/catalogue.promoted.yaml): each is loaded "
+        "when it first appears, without a restart",
+    )
 
     @field_validator("rungs", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
 
-from escalon.errors import EscalonError, RungUnavailable
+from escalon.errors import ConfigError, EscalonError, RungUnavailable
 from escalon.registry import Rung
 from escalon.telemetry import ATTR_RUNG, tracer
 
@@ -36,6 +36,10 @@ class Tiers(Protocol):
     def stream(self, rung: str, params: GenerateParams, timeout: float) -> AsyncIterator[str | GenerateResult]: ...
 
     async def health(self, rung: str) -> tuple[bool, str]: ...
+
+    async def add(self, rung: Rung) -> None:
+        """Start serving one more rung without a restart (a promoted student); returns once it can answer."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -64,6 +68,11 @@ class InProcessTiers:
             )
 
         await asyncio.gather(*(load(rung) for rung in self.rungs))
+
+    async def add(self, rung: Rung) -> None:
+        replica = await asyncio.to_thread(RungReplica, rung, self.settings.models_dir, self.settings.torch_threads)
+        self.replicas[rung.name] = replica
+        self.rungs = [*self.rungs, rung]
 
     async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
         with _client_span("escalon.serving.inprocess/Generate", rung) as carrier:
@@ -144,8 +153,8 @@ class RayTiers:
             ]
             try:
                 serve.run_many(targets, wait_for_applications_running=True)
-            except Exception as exc:  # a replica failed to start: say which rung and why, once
-                raise RungUnavailable(f"deploying rungs {', '.join(r.name for r in self.rungs)} failed: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - a replica failed to start: say which rung and why, once
+                raise ConfigError(f"deploying the rungs failed: {_deploy_failures(serve) or exc}") from None
         missing = []
         for rung in self.rungs:
             try:
@@ -157,6 +166,27 @@ class RayTiers:
                 f"no Serve application named {', '.join(missing)} on the Ray cluster "
                 f"{self.settings.ray_address or '(local)'}; deploy them (RayService) or set ESCALON_SERVING_DEPLOY=true"
             )
+
+    async def add(self, rung: Rung) -> None:
+        await asyncio.to_thread(self._add_blocking, rung)
+        self.rungs = [*self.rungs, rung]
+
+    def _add_blocking(self, rung: Rung) -> None:
+        """Deploy one more Serve application next to the running ones (or attach to it when not deploying)."""
+        _, serve = _import_ray()
+        if self.settings.deploy:
+            from .deployment import bind_rung
+
+            try:
+                serve.run(bind_rung(rung, self.settings.models_dir, self.settings.torch_threads), name=rung.name,
+                          route_prefix=None)
+            except Exception as exc:  # noqa: BLE001 - the replica failed to start: say which rung and why
+                raise RungUnavailable(f"deploying rung {rung.name} failed: {_deploy_failures(serve) or exc}") from None
+        try:
+            self.handles[rung.name] = serve.get_app_handle(rung.name)
+        except Exception:  # noqa: BLE001
+            raise RungUnavailable(f"no Serve application named {rung.name} on the Ray cluster; deploy it "
+                                  "(RayService) or set ESCALON_SERVING_DEPLOY=true") from None
 
     async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
         with _client_span("escalon.serving.ray/Generate", rung) as carrier:
@@ -215,6 +245,18 @@ def _unwrap(exc: BaseException, rung: str) -> Exception:
     if cause is not None and type(exc).__module__.startswith("ray.exceptions") and "RayTaskError" in type(exc).__name__:
         return RuntimeError(f"rung {rung} failed: {type(cause).__name__}: {cause}")
     return RungUnavailable(f"rung {rung} is unavailable: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _deploy_failures(serve) -> str:
+    """Why each failed application failed: the last line of its replica's error (Serve keeps the traceback)."""
+    reasons = []
+    with contextlib.suppress(Exception):
+        for name, app in serve.status().applications.items():
+            for deployment in app.deployments.values():
+                if deployment.status == "DEPLOY_FAILED":
+                    lines = [line for line in deployment.message.strip().splitlines() if line.strip()]
+                    reasons.append(f"{name}: {lines[-1] if lines else deployment.status}")
+    return "; ".join(reasons)
 
 
 def _describe(exc: BaseException) -> str:

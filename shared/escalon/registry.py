@@ -135,3 +135,104 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"catalogue {path} is invalid — {problems}") from None
+
+
+# ---- rungs promoted at run time (distillation) ------------------------------------------------------------
+#
+# A distilled student that beats the rung it targets is registered in an overlay file next to the data
+# (<data_dir>/catalogue.promoted.yaml, the same `rungs:` format). Services keep their configured catalogue
+# and add the overlay's rungs: serving loads a new rung on first sight, the router routes to it, with no
+# restart. A promoted rung never replaces a configured rung of the same name (the configured one wins).
+
+PROMOTED_FILE = "catalogue.promoted.yaml"
+
+
+def promoted_path(data_dir: Path | str) -> Path:
+    """Where promoted rungs are registered for services sharing this data dir."""
+    return Path(data_dir).expanduser() / PROMOTED_FILE
+
+
+def load_promoted(path: Path | str) -> tuple[Rung, ...]:
+    """The rungs of an overlay file; none when it does not exist. ConfigError when it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return ()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return tuple(Rung.model_validate(r) for r in raw.get("rungs") or [])
+    except (yaml.YAMLError, ValidationError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"promoted rungs file {path} is invalid: {exc}") from None
+
+
+def register_promoted(path: Path | str, rung: Rung) -> Path:
+    """Add (or replace, by name) one rung in the overlay: read-modify-write under a file lock, then an atomic
+    rename, so concurrent promotions do not lose each other and readers never see half a file."""
+    import fcntl
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rungs = [r for r in load_promoted(path) if r.name != rung.name] + [rung]
+        text = yaml.safe_dump({"rungs": [r.model_dump(mode="json", exclude_none=True) for r in rungs]},
+                              sort_keys=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+def with_rungs(catalogue: Catalogue, extra: tuple[Rung, ...] | list[Rung]) -> Catalogue:
+    """The catalogue plus rungs it does not already name (a configured rung wins over a promoted one)."""
+    added = [r for r in extra if r.name not in catalogue.by_name]
+    if not added:
+        return catalogue
+    return Catalogue(rungs=(*catalogue.rungs, *added), source=catalogue.source)
+
+
+class LiveCatalogue:
+    """A service's configured catalogue plus the promoted rungs, re-read when the overlay file changes.
+
+    `current()` costs one stat() (at most every `check_interval_s`); a broken overlay keeps the last good one.
+    """
+
+    def __init__(self, base: Catalogue, overlay: Path | str | None, check_interval_s: float = 0.5) -> None:
+        self.base = base
+        self.overlay = Path(overlay) if overlay else None
+        self.check_interval_s = check_interval_s
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        self._catalogue = base
+        self.promoted: tuple[Rung, ...] = ()
+
+    def current(self) -> Catalogue:
+        import logging
+        import time
+
+        if self.overlay is None:
+            return self._catalogue
+        now = time.monotonic()
+        if now - self._checked < self.check_interval_s:
+            return self._catalogue
+        self._checked = now
+        try:
+            st = self.overlay.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return self._catalogue
+        try:
+            promoted = load_promoted(self.overlay)
+        except ConfigError as exc:
+            logging.getLogger(__name__).warning("%s; keeping the rungs promoted before", exc)
+            return self._catalogue
+        self._stamp = stamp
+        self.promoted = tuple(r for r in promoted if r.name not in self.base.by_name)
+        self._catalogue = with_rungs(self.base, self.promoted)
+        return self._catalogue

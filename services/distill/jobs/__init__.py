@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from escalon.distill.jobs import evaluate, profile
+from escalon.distill.jobs import evaluate, harvest, judge_report, profile, promote, siked, undo
 from escalon.distill.jobs.base import (
     JobCancelled,
     JobContext,
@@ -28,7 +28,8 @@ from escalon.distill.jobs.base import (
 )
 from escalon.errors import InvalidInput
 
-_ALL: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND)
+_ALL: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND, harvest.KIND, undo.KIND, siked.KIND, promote.KIND,
+                             judge_report.KIND)
 KINDS = MappingProxyType({kind.name: kind for kind in _ALL})
 
 __all__ = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from escalon.errors import ConfigError
+from escalon.errors import ConfigError, EscalonError
 
 EPILOG = """examples:
   escalon up --demo                         start everything, ask the demo question, serve until Ctrl-C
@@ -23,6 +23,13 @@ EPILOG = """examples:
   escalon models                            rungs with prices, limits and health
   escalon jobs submit profile --param benchmark=shared/escalon/demo/gsm8k-sample.parquet --watch
   escalon jobs list
+  escalon jobs submit harvest --param source=synthetic:arith --param n=300 --id h1 --watch
+  escalon jobs submit undo --teacher program:arith --student smollm2-135m --data jobs/h1/dataset.jsonl --watch
+  escalon jobs submit promote --student job:<undo id> --target mixtral-8x7b --data jobs/h1/dataset.jsonl
+  escalon bench distill                     UNDO vs one-shot distillation of SmolLM2-135M on this machine
+  escalon judge report --benchmark data/routellm-evals/benchmark.parquet --out reports/judges
+  escalon judge live --out reports/judges-live
+  escalon eval --benchmark data/llmrouter-dcrouter --out reports/dcrouter   routing policies vs baselines
 """
 
 
@@ -62,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Benchmark in one run: the gRPC floor, the routing decision, and a whole "
                                        "two-rung judged cascade through real services with replay rungs at 1, 10 "
                                        "and 100 concurrent clients (p50, p99, throughput, ratio to the floor).")
+    bench.add_argument("suite", nargs="?", default="overhead", choices=["overhead", "distill"],
+                       help="overhead (default): the serving/routing benchmark above; distill: UNDO vs one-shot "
+                            "distillation of SmolLM2-135M on a checkable task (escalon.distill.bench)")
     bench.add_argument("--requests", type=int, default=1000, help="requests per measurement [default: 1000]")
     bench.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    from escalon.distill.bench import add_arguments as add_distill_arguments
+
+    add_distill_arguments(bench.add_argument_group("distill suite"), with_out=False)
 
     jobs = sub.add_parser("jobs", help="submit and follow offline jobs on the queue")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -71,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("kind", help="job kind, e.g. profile")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="job parameter; VALUE is parsed as JSON when it can be (repeatable)")
+    for flag, text in (("teacher", "teacher rung, or program:arith (undo, siked)"),
+                       ("student", "student: a local rung (undo, siked), or a merged folder / job:<id> (promote)"),
+                       ("data", "data set JSONL from a harvest job (undo, siked, promote)"),
+                       ("target", "the rung the student should replace (promote)")):
+        submit.add_argument(f"--{flag}", help=f"{text}; the same as --param {flag}=...")
     submit.add_argument("--id", default="", help="idempotency key [default: generated]")
     submit.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
     submit.add_argument("--watch", action="store_true", help="follow progress until the job ends")
@@ -84,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--limit", type=int, default=20)
     for p in (jobs, submit, lst, *[jobs_sub.choices[n] for n in ("status", "watch", "cancel")]):
         p.add_argument("--address", help="distill host:port [default: 127.0.0.1:$ESCALON_DISTILL_PORT or 50054]")
+    from escalon.cli import judge as judge_cli
+
+    judge_cli.add_parser(sub)
+    from escalon.cli import evaluate as eval_cli
+
+    eval_cli.add_parser(sub)
     return parser
 
 
@@ -91,10 +115,30 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from escalon.cli import commands
 
+    if args.command == "bench" and args.suite == "distill":
+        from escalon.distill.bench import main as distill_bench_main
+
+        sys.exit(distill_bench_main(args))
     if args.command == "bench":
         from escalon.bench import main as bench_main
 
         sys.exit(bench_main(args.requests, args.out))
+    if args.command == "eval":
+        from escalon.cli import evaluate as eval_cli
+
+        try:
+            sys.exit(eval_cli.run(args))
+        except EscalonError as exc:
+            print(f"escalon eval: {exc}", file=sys.stderr)
+            sys.exit(2)
+    if args.command == "judge":
+        from escalon.cli import judge as judge_cli
+
+        try:
+            sys.exit(judge_cli.run(args))
+        except EscalonError as exc:
+            print(f"escalon judge {args.judge_command}: {exc}", file=sys.stderr)
+            sys.exit(2)
     handler = {"up": commands.up, "ask": commands.ask, "models": commands.models, "jobs": commands.jobs}[args.command]
     try:
         code = asyncio.run(handler(args))

@@ -125,7 +125,11 @@ async def jobs(args: argparse.Namespace) -> int:
         action = args.jobs_command
         if action == "submit":
             params = Struct()
-            params.update(parse_params(args.param))
+            values = parse_params(args.param)
+            for flag in ("teacher", "student", "data", "target"):
+                if getattr(args, flag, None):
+                    values[flag] = getattr(args, flag)
+            params.update(values)
             reply = await stub.SubmitJob(distill_pb2.SubmitJobRequest(job_id=args.id, kind=args.kind, params=params,
                                                                       queue=args.queue), timeout=30)
             print(f"{'submitted' if reply.created else 'already known'}: {reply.job.job_id} ({reply.job.kind}, "

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from escalon.errors import RungUnavailable
+from escalon.errors import ConfigError, RungUnavailable
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.grpc import open_channel, running_server
 from escalon.registry import load_catalogue
@@ -193,3 +193,18 @@ async def test_attach_mode_uses_the_deployed_applications_and_names_missing_ones
         await missing.start()
     await missing.close()
     assert ray.is_initialized()  # neither front started Ray, so neither stopped it
+
+
+async def test_a_rung_that_cannot_start_fails_the_deploy_with_its_replicas_reason(ray_front, tmp_path):
+    from ray import serve
+
+    broken = load_catalogue().get("mixtral-8x7b").model_copy(
+        update={"name": "broken-replay", "benchmark": tmp_path / "missing.parquet"})
+    tiers = RayTiers([broken], ray_front.settings)
+    try:
+        with pytest.raises(ConfigError) as err:
+            await tiers.start()
+        assert str(err.value) == (f"deploying the rungs failed: broken-replay: escalon.errors.ConfigError: replay rung "
+                                  f"broken-replay: benchmark {tmp_path / 'missing.parquet'} does not exist")
+    finally:
+        await asyncio.to_thread(serve.delete, "broken-replay")

@@ -79,3 +79,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
 
     with psycopg.connect(PG_URL.replace("+psycopg", "")) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The serving model cache the distillation tests load SmolLM2 from (converted once per session, shared
+    with the serving tests). Set ESCALON_MODEL_CACHE to reuse a developer's cache."""
+    cache = os.environ.get("ESCALON_MODEL_CACHE")
+    return Path(cache) if cache else tmp_path_factory.getbasetemp() / "serving-models"
+
+
+TINY_TRAIN = {"max_steps": 2, "batch_size": 2, "checkpoint_every": 1, "r": 4, "alpha": 8, "lr": 1e-3}
+
+
+@pytest.fixture
+def arith_data(tmp_path: Path) -> Path:
+    """A harvested synthetic arithmetic data set (train/val/test), written the way the harvest job writes it."""
+    from escalon.distill.jobs import LocalContext, validate
+
+    kind, params = validate("harvest", {"source": "synthetic:arith", "n": 40, "seed": 3}, tmp_path)
+    result = kind.run(params, LocalContext(artefact_dir=tmp_path / "harvest"))
+    return Path(result["artefacts"]["dataset"])

@@ -80,6 +80,7 @@ def test_knobs_from_the_extra_body_and_token_limits():
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"logprobs": True}, "logprobs"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"model": "escalon/"}, "model"),
 ])
 def test_what_cannot_be_honoured_is_refused_by_name(fields, param):
     with pytest.raises(APIError) as caught:

@@ -51,6 +51,9 @@ def test_the_report_command_writes_metrics_figures_and_the_artefact(tmp_path):
     assert panel["brier"] < panel_raw["brier"]
     assert rows[("all", "cross_model", False)]["judge_cost_usd_per_query"] > 0  # the other model's recorded call
     assert rows[("all", "format", False)]["judge_cost_usd_per_query"] == 0
+    # the ablated panel (what a first rung sees) neither pays for nor averages in the dropped cross_model judge
+    first_rung = rows[("all", "panel without cross_model", False)]
+    assert first_rung["judge_cost_usd_per_query"] == 0 and first_rung["brier"] != panel_raw["brier"]
     assert "agreement" in report["judges_never_ran"] and "one sample" in json.dumps(report["skipped_reasons"])
     calibration = Calibration.load(out / "calibration.json")
     assert calibration.source["fit_split"] == "train" and calibration.source["rows"] == 192
@@ -84,3 +87,15 @@ def test_the_judge_report_job_runs_the_same_report(tmp_path):
     result = kind.run(params, ctx)
     assert {"report.json", "report.md", "calibration.json", "reliability-sums.png"} <= set(result["artefacts"])
     assert (tmp_path / "artefacts" / "calibration.json").is_file() and ctx.progress[-1][0] == 1.0
+
+
+def test_a_benchmark_folder_is_read_through_its_benchmark_parquet(tmp_path):
+    from escalon.errors import InvalidInput
+
+    (tmp_path / "bench").mkdir()
+    _benchmark(tmp_path / "bench" / "benchmark.parquet")
+    report = run_report(ReportConfig(benchmark=tmp_path / "bench", out=tmp_path / "r", min_rows=20))
+    assert report["benchmark"].endswith("bench/benchmark.parquet") and report["items"]["eval"] == 128
+    with pytest.raises(InvalidInput) as caught:
+        run_report(ReportConfig(benchmark=tmp_path / "r", out=tmp_path / "r2"))
+    assert caught.value.field == "benchmark" and "benchmark.parquet" in str(caught.value)

@@ -147,3 +147,13 @@ async def test_a_gpu_rung_runs_on_cuda_and_agrees_with_the_cpu(smollm, models_di
     params = GenerateParams(prompt=PROMPT, max_tokens=4, logprobs=True)
     on_gpu, on_cpu = await gpu.generate(params), await smollm.generate(params)
     assert on_gpu.samples[0].logprobs[0].token == on_cpu.samples[0].logprobs[0].token  # bf16 vs fp32: first token
+
+
+async def test_an_hf_rung_loads_a_transformers_folder_as_is(smollm, models_dir):
+    """What a merged, fine-tuned student looks like to serving: a model folder, no conversion."""
+    folder = models_dir / "smollm2-135m-instruct" / "hf"
+    student = LocalBackend(smollm_rung(name="student", backend="hf", model=str(folder)), models_dir=models_dir)
+    student.load()
+    assert not student.converted
+    params = GenerateParams(prompt=PROMPT, max_tokens=3)
+    assert (await student.generate(params)).samples[0].text == (await smollm.generate(params)).samples[0].text

@@ -33,7 +33,8 @@ async def test_the_replica_continues_the_callers_trace_from_the_carrier(tmp_path
                                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)))
-    prompt = pd.read_parquet(DEMO_BENCHMARK).query("model == @MIXTRAL").prompt.iloc[0]
+    table = pd.read_parquet(DEMO_BENCHMARK)
+    prompt = table[table["model"] == MIXTRAL].prompt.iloc[0]
 
     # A fresh context, as in a replica's process: nothing but the carrier links it to the caller.
     async def call():

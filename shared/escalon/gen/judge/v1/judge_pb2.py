@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from escalon.gen.common.v1 import common_pb2 as escalon_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65scalon/judge/v1/judge.proto\x12\x10\x65scalon.judge.v1\x1a\x1e\x65scalon/common/v1/common.proto\"j\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04rung\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x31\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1f.escalon.common.v1.TokenLogprob\"\xc4\x01\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12/\n\ncandidates\x18\x02 \x03(\x0b\x32\x1b.escalon.judge.v1.Candidate\x12\x32\n\x0b\x61nswer_type\x18\x03 \x01(\x0e\x32\x1d.escalon.common.v1.AnswerType\x12\x0e\n\x06judges\x18\x04 \x03(\t\x12/\n\nreferences\x18\x05 \x03(\x0b\x32\x1b.escalon.judge.v1.Candidate\",\n\x0b\x41nswerCount\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xec\x01\n\rScoreResponse\x12\x12\n\nconfidence\x18\x01 \x01(\x01\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x13\n\x0b\x61nswer_text\x18\x03 \x01(\t\x12\x32\n\x0b\x61nswer_type\x18\x04 \x01(\x0e\x32\x1d.escalon.common.v1.AnswerType\x12-\n\x06scores\x18\x05 \x03(\x0b\x32\x1d.escalon.common.v1.JudgeScore\x12.\n\x07\x61nswers\x18\x06 \x03(\x0b\x32\x1d.escalon.judge.v1.AnswerCount\x12\x0f\n\x07invalid\x18\x07 \x01(\x05\x32X\n\x0cJudgeService\x12H\n\x05Score\x12\x1e.escalon.judge.v1.ScoreRequest\x1a\x1f.escalon.judge.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65scalon/judge/v1/judge.proto\x12\x10\x65scalon.judge.v1\x1a\x1e\x65scalon/common/v1/common.proto\"}\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04rung\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x31\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1f.escalon.common.v1.TokenLogprob\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"\xe6\x02\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12/\n\ncandidates\x18\x02 \x03(\x0b\x32\x1b.escalon.judge.v1.Candidate\x12\x32\n\x0b\x61nswer_type\x18\x03 \x01(\x0e\x32\x1d.escalon.common.v1.AnswerType\x12\x0e\n\x06judges\x18\x04 \x03(\t\x12/\n\nreferences\x18\x05 \x03(\x0b\x32\x1b.escalon.judge.v1.Candidate\x12\x0c\n\x04task\x18\x06 \x01(\t\x12\x12\n\njudge_rung\x18\x07 \x01(\t\x12\x17\n\x0fjudge_timeout_s\x18\x08 \x01(\x01\x12\x1e\n\x11predicted_success\x18\t \x01(\x01H\x00\x88\x01\x01\x12/\n\x07weights\x18\n \x01(\x0b\x32\x1e.escalon.judge.v1.JudgeWeightsB\x14\n\x12_predicted_success\"D\n\x0bJudgeWeight\x12\r\n\x05judge\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x16\n\x0eskipped_weight\x18\x03 \x01(\x01\"\\\n\x0cJudgeWeights\x12\x0c\n\x04\x62ias\x18\x01 \x01(\x01\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x06judges\x18\x03 \x03(\x0b\x32\x1d.escalon.judge.v1.JudgeWeight\",\n\x0b\x41nswerCount\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xdc\x02\n\rScoreResponse\x12\x12\n\nconfidence\x18\x01 \x01(\x01\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x13\n\x0b\x61nswer_text\x18\x03 \x01(\t\x12\x32\n\x0b\x61nswer_type\x18\x04 \x01(\x0e\x32\x1d.escalon.common.v1.AnswerType\x12-\n\x06scores\x18\x05 \x03(\x0b\x32\x1d.escalon.common.v1.JudgeScore\x12.\n\x07\x61nswers\x18\x06 \x03(\x0b\x32\x1d.escalon.judge.v1.AnswerCount\x12\x0f\n\x07invalid\x18\x07 \x01(\x05\x12\x16\n\x0eraw_confidence\x18\x08 \x01(\x01\x12\x12\n\ncalibrated\x18\t \x01(\x08\x12\x13\n\x0b\x63\x61libration\x18\n \x01(\t\x12-\n\x0bjudge_usage\x18\x0b \x01(\x0b\x32\x18.escalon.common.v1.Usage2X\n\x0cJudgeService\x12H\n\x05Score\x12\x1e.escalon.judge.v1.ScoreRequest\x1a\x1f.escalon.judge.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'escalon.judge.v1.judge_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANDIDATE']._serialized_start=82
-  _globals['_CANDIDATE']._serialized_end=188
-  _globals['_SCOREREQUEST']._serialized_start=191
-  _globals['_SCOREREQUEST']._serialized_end=387
-  _globals['_ANSWERCOUNT']._serialized_start=389
-  _globals['_ANSWERCOUNT']._serialized_end=433
-  _globals['_SCORERESPONSE']._serialized_start=436
-  _globals['_SCORERESPONSE']._serialized_end=672
-  _globals['_JUDGESERVICE']._serialized_start=674
-  _globals['_JUDGESERVICE']._serialized_end=762
+  _globals['_CANDIDATE']._serialized_end=207
+  _globals['_SCOREREQUEST']._serialized_start=210
+  _globals['_SCOREREQUEST']._serialized_end=568
+  _globals['_JUDGEWEIGHT']._serialized_start=570
+  _globals['_JUDGEWEIGHT']._serialized_end=638
+  _globals['_JUDGEWEIGHTS']._serialized_start=640
+  _globals['_JUDGEWEIGHTS']._serialized_end=732
+  _globals['_ANSWERCOUNT']._serialized_start=734
+  _globals['_ANSWERCOUNT']._serialized_end=778
+  _globals['_SCORERESPONSE']._serialized_start=781
+  _globals['_SCORERESPONSE']._serialized_end=1129
+  _globals['_JUDGESERVICE']._serialized_start=1131
+  _globals['_JUDGESERVICE']._serialized_end=1219
 # @@protoc_insertion_point(module_scope)

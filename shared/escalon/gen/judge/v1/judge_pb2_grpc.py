@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class JudgeServiceStub:
     """Scores candidate answers to one prompt; the cascade accepts an answer when the confidence is high enough.
+    The confidence is a weighted combination of the judges that ran, passed through a calibration map fitted
+    from logged outcomes (per task and rung) when the service has one; judges without their inputs are skipped.
     """
 
     def __init__(self, channel):
@@ -44,6 +46,8 @@ class JudgeServiceStub:
 
 class JudgeServiceServicer:
     """Scores candidate answers to one prompt; the cascade accepts an answer when the confidence is high enough.
+    The confidence is a weighted combination of the judges that ran, passed through a calibration map fitted
+    from logged outcomes (per task and rung) when the service has one; judges without their inputs are skipped.
     """
 
     def Score(self, request, context):
@@ -70,6 +74,8 @@ def add_JudgeServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JudgeService:
     """Scores candidate answers to one prompt; the cascade accepts an answer when the confidence is high enough.
+    The confidence is a weighted combination of the judges that ran, passed through a calibration map fitted
+    from logged outcomes (per task and rung) when the service has one; judges without their inputs are skipped.
     """
 
     @staticmethod

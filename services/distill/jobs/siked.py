@@ -1,0 +1,258 @@
+"""`siked`: SIKeD (ALGORITHMS.md §5) — multi-strategy teacher data, student self-samples, an adaptive mix.
+
+    teacher data  for every train question and strategy s in (cot, l2m, pot): T.solve(q, s), kept when
+                  correct (a program's answer is what the sandbox prints). Target "[s]: solution", so the
+                  student learns to pick a strategy itself.
+    iteration 0   S_0 = finetune(S0, teacher data)                                  α_0 = 1
+    iteration t   the student samples `samples` answers per question and strategy (the strategy forced by
+                  starting its answer with "[s]:") at `temperature`; correct ones, deduplicated, are D_self.
+                  Training data = D_self ∪ teacher rows of the questions the student did not solve.
+                  α_t = |teacher rows| / |all rows| (logged; it falls as the student solves more).
+                  S_t = finetune(S0, data_t); validation and test accuracy (greedy: the student chooses
+                  its strategy) and the strategy mix of its test answers are logged.
+
+The student kept is the iteration with the best validation accuracy. Phases checkpoint as in `undo`
+(teacher chunks, training states, each sampling batch of questions); artefacts under iterations/<t>/, then
+student/merged, report.json, report.md, accuracy.png (accuracy and α by iteration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from escalon.distill.jobs.base import JobContext, JobKind, atomic_write, pause
+from escalon.distill.jobs.distilling import (
+    DistillParams,
+    job_catalogue,
+    load_splits,
+    make_student,
+    plot_rounds,
+    prepare_distill,
+    score,
+    student_rung_spec,
+)
+from escalon.distill.training.data import is_correct, read_jsonl, strategy_of, write_jsonl
+from escalon.distill.training.lora import TrainConfig
+from escalon.distill.training.teachers import STRATEGIES, Teacher, make_teacher
+from escalon.errors import RungUnavailable
+
+FORMAT = "escalon.siked/v1"
+
+
+class SikedParams(DistillParams):
+    iterations: int = Field(default=3, ge=1, le=8, description="self-guided iterations after iteration 0")
+    samples: int = Field(default=10, ge=1, le=64, description="student samples per question and strategy")
+    temperature: float = Field(default=0.7, gt=0, le=2, description="student sampling temperature")
+    strategies: list[str] = Field(default=list(STRATEGIES), min_length=1, description="of cot, l2m, pot")
+    sample_chunk: int = Field(default=16, ge=1, description="questions sampled between checkpoints")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(r=16, alpha=32, lr=2e-4, epochs=3),
+                               description="LoRA and optimiser settings (SIKeD defaults: r 16, alpha 32, lr 2e-4, 3 epochs)")
+
+
+def prepare(params: SikedParams, data_dir: Path) -> SikedParams:
+    bad = [s for s in params.strategies if s not in STRATEGIES]
+    if bad:
+        from escalon.errors import InvalidInput
+
+        raise InvalidInput(f"unknown strategies {bad}; use {', '.join(STRATEGIES)}", field="params.strategies")
+    return prepare_distill(params, data_dir)
+
+
+def _fingerprint(params: SikedParams) -> str:
+    keep = params.model_dump(mode="json", exclude={"step_delay_s", "torch_threads", "device", "teacher_chunk",
+                                                   "sample_chunk"})
+    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run(params: SikedParams, ctx: JobContext) -> dict[str, Any]:
+    p, root = params, ctx.artefact_dir
+    catalogue = job_catalogue(p)
+    splits = load_splits(p)
+    by_id = {i.id: i for i in splits.train}
+    student = make_student(p, catalogue)
+    teacher: Teacher | None = None
+    state = ctx.load_checkpoint()
+    if not state or state.get("fingerprint") != _fingerprint(p):
+        state = {"format": FORMAT, "fingerprint": _fingerprint(p), "phase": "teacher", "it": 0, "teacher_done": 0,
+                 "sampled": 0, "teacher_calls": 0, "teacher_cost_usd": 0.0, "iterations": [], "baseline": None,
+                 "started_at": time.time()}
+    total_its = p.iterations + 1
+
+    def save(message: str, frac: float, **kw: Any) -> None:
+        pause(p.step_delay_s)
+        ctx.save_checkpoint(state, progress=min(0.99, (state["it"] + frac) / (total_its + 0.5)), message=message, **kw)
+
+    def it_dir(t: int) -> Path:
+        return root / "iterations" / str(t)
+
+    try:
+        while state["phase"] != "done":
+            phase, t = state["phase"], state["it"]
+            if phase == "teacher":
+                if teacher is None:
+                    teacher = make_teacher(p.teacher, catalogue=catalogue, models_dir=Path(p.models_dir or "."),
+                                           threads=p.torch_threads, max_tokens=p.teacher_max_tokens)
+                path = root / "teacher.jsonl"
+                rows = read_jsonl(path)[: state["teacher_done"]] if path.is_file() else []
+                done_q = len({r["id"] for r in rows})
+                for start in range(done_q, len(splits.train), p.teacher_chunk):
+                    for item in splits.train[start : start + p.teacher_chunk]:
+                        for s in p.strategies:
+                            try:
+                                answer = teacher.solve(item, s)
+                            except RungUnavailable:  # e.g. a replay teacher has only its recorded strategy
+                                continue
+                            state["teacher_calls"] += answer.calls
+                            state["teacher_cost_usd"] = round(state["teacher_cost_usd"] + answer.cost_usd, 8)
+                            target = f"[{s}]: {answer.text}"
+                            rows.append({"id": item.id, "strategy": s, "target": target,
+                                         "correct": is_correct(target, item)})
+                    write_jsonl(path, rows)
+                    state["teacher_done"] = len(rows)
+                    save(f"teacher solutions for {min(start + p.teacher_chunk, len(splits.train))}/{len(splits.train)} "
+                         "questions", 0.1)
+                kept = [r for r in rows if r["correct"]]
+                if not kept:
+                    raise ValueError("the teacher solved none of the train questions correctly")
+                write_jsonl(it_dir(0) / "data.jsonl", [{"id": r["id"], "prompt": by_id[r["id"]].prompt,
+                                                        "target": r["target"], "from": "teacher"} for r in kept])
+                state["teacher_kept_by_strategy"] = dict(Counter(r["strategy"] for r in kept))
+                state["alpha"] = {"0": 1.0}
+                state["phase"] = "baseline"
+                save(f"teacher data: {len(kept)} correct solutions {state['teacher_kept_by_strategy']}", 0.2)
+            elif phase == "baseline":
+                student.use_base()
+                val, test = score(student, splits.val, p), score(student, splits.test, p)
+                state["baseline"] = {"val": val.accuracy, "test": test.accuracy}
+                state["phase"] = "train"
+                save(f"before distillation: val {val.accuracy:.1%}, test {test.accuracy:.1%}", 0.25,
+                     metrics={"iteration": -1, "val_accuracy": val.accuracy, "test_accuracy": test.accuracy})
+            elif phase == "train":
+                rows = [(r["prompt"], r["target"]) for r in read_jsonl(it_dir(t) / "data.jsonl")]
+
+                def on_step(step: int, total: int, loss: float, t: int = t) -> None:
+                    pause(p.step_delay_s)
+                    ctx.report(min(0.99, (t + 0.3 + 0.4 * step / total) / (total_its + 0.5)),
+                               f"iteration {t}: training step {step}/{total}, loss {loss:.3f}")
+
+                run_ = student.finetune(rows, it_dir(t), p.train, on_step=on_step,
+                                        on_checkpoint=lambda s, n, t=t: save(f"iteration {t}: state at step {s}/{n}",
+                                                                             0.3 + 0.4 * s / n, step=s))
+                state["train"] = {"steps": run_.steps, "rows": len(rows), "loss": run_.losses[-1]}
+                state["phase"] = "eval"
+                save(f"iteration {t}: trained {run_.steps} steps on {len(rows)} rows", 0.7)
+            elif phase == "eval":
+                student.use_adapter(it_dir(t) / "adapter")
+                val, test = score(student, splits.val, p), score(student, splits.test, p)
+                mix = Counter(strategy_of(o)[0] or "none" for o in test.outputs)
+                record = {"iteration": t, "alpha": state["alpha"][str(t)], "val_accuracy": val.accuracy,
+                          "test_accuracy": test.accuracy, "test_strategy_mix": dict(mix), **state.pop("train", {}),
+                          "self_rows": state.pop("self_rows", 0), "teacher_rows": state.pop("teacher_rows", None),
+                          "solved_train_questions": state.pop("solved", None)}
+                atomic_write(it_dir(t) / "eval.json", json.dumps({"val": val.outputs, "test": test.outputs}))
+                state["iterations"] = [r for r in state["iterations"] if r["iteration"] != t] + [record]
+                state["phase"] = "sample" if t < p.iterations else "finalize"
+                state["sampled"] = 0
+                save(f"iteration {t}: α {record['alpha']:.2f}, val {val.accuracy:.1%}, test {test.accuracy:.1%}, "
+                     f"strategies {dict(mix)}", 0.8, step=t,
+                     metrics={"iteration": t, "alpha": record["alpha"], "val_accuracy": val.accuracy,
+                              "test_accuracy": test.accuracy})
+            elif phase == "sample":
+                student.use_adapter(it_dir(t) / "adapter")
+                path = it_dir(t) / "self.jsonl"
+                got = read_jsonl(path)[: state.get("sampled_rows", 0)] if path.is_file() else []
+                train = splits.train
+                for start in range(state["sampled"], len(train), p.sample_chunk):
+                    chunk = train[start : start + p.sample_chunk]
+                    prompts = [i.prompt for i in chunk for _ in p.strategies]
+                    prefixes = [f"[{s}]:" for _ in chunk for s in p.strategies]
+                    outs = student.generate(prompts, n=p.samples, temperature=p.temperature, prefixes=prefixes,
+                                            max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size,
+                                            seed=start)
+                    for k, texts in enumerate(outs):
+                        item = chunk[k // len(p.strategies)]
+                        for text in dict.fromkeys(texts):  # unique samples only
+                            if is_correct(text, item):
+                                got.append({"id": item.id, "target": text})
+                    write_jsonl(path, got)
+                    state["sampled"], state["sampled_rows"] = start + len(chunk), len(got)
+                    save(f"iteration {t + 1}: student sampled {state['sampled']}/{len(train)} questions", 0.9)
+                solved = {g["id"] for g in got}
+                teacher_rows = [r for r in read_jsonl(it_dir(0) / "data.jsonl") if r["id"] not in solved]
+                data = [{"id": g["id"], "prompt": by_id[g["id"]].prompt, "target": g["target"], "from": "self"}
+                        for g in got] + teacher_rows
+                if not data:
+                    raise ValueError("no training rows: the student solved nothing and the teacher data is empty")
+                alpha = len(teacher_rows) / len(data)
+                write_jsonl(it_dir(t + 1) / "data.jsonl", data)
+                state["alpha"][str(t + 1)] = round(alpha, 4)
+                state.update(it=t + 1, phase="train", self_rows=len(got), teacher_rows=len(teacher_rows),
+                             solved=len(solved))
+                save(f"iteration {t + 1}: {len(got)} self rows for {len(solved)} questions + {len(teacher_rows)} "
+                     f"teacher rows: α = {alpha:.2f}", 0.0, step=t + 1,
+                     metrics={"iteration": t + 1, "alpha": alpha, "self_rows": len(got)})
+            elif phase == "finalize":
+                its = sorted(state["iterations"], key=lambda r: r["iteration"])
+                best = max(its, key=lambda r: (r["val_accuracy"], -r["iteration"]))
+                student.use_adapter(it_dir(best["iteration"]) / "adapter")
+                merged = root / "student" / "merged"
+                student.save_merged(merged, metadata={"job": ctx.job_id, "kind": "siked", "base_rung": p.student,
+                                                      "teacher": p.teacher, "iteration": best["iteration"]})
+                shutil.rmtree(root / "student" / "adapter", ignore_errors=True)
+                shutil.copytree(it_dir(best["iteration"]) / "adapter", root / "student" / "adapter")
+                png = plot_rounds(root / "accuracy.png", f"SIKeD: {p.student} taught by {p.teacher}",
+                                  {"SIKeD, test": [(r["iteration"], r["test_accuracy"]) for r in its],
+                                   "SIKeD, val": [(r["iteration"], r["val_accuracy"]) for r in its],
+                                   "α (teacher share)": [(r["iteration"], r["alpha"]) for r in its]},
+                                  {"before distillation, test": state["baseline"]["test"]}, xlabel="iteration")
+                name = f"{p.student}-siked-{ctx.job_id[:8].lower()}".replace("_", "-")
+                report = {"format": FORMAT, "teacher": p.teacher, "student": p.student,
+                          "items": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+                          "teacher_kept_by_strategy": state.get("teacher_kept_by_strategy"),
+                          "before": state["baseline"], "iterations": its, "best_iteration": best["iteration"],
+                          "best": {"val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"]},
+                          "alpha_by_iteration": state["alpha"], "teacher_calls": state["teacher_calls"],
+                          "teacher_cost_usd": state["teacher_cost_usd"],
+                          "seconds": round(time.time() - state["started_at"], 1), "student_model": str(merged),
+                          "student_rung": student_rung_spec(p, catalogue, merged, name)}
+                report["artefacts"] = {"report_json": str(ctx.write_artefact("report.json", json.dumps(report, indent=1))),
+                                       "plot_png": str(ctx.write_artefact("accuracy.png", png)),
+                                       "report_md": str(ctx.write_artefact("report.md", _markdown(report))),
+                                       "student_merged": str(merged)}
+                state["phase"] = "done"
+                save(f"done: iteration {best['iteration']} kept, test {best['test_accuracy']:.1%}", 1.0)
+                return report
+    finally:
+        if teacher is not None:
+            teacher.close()
+    raise RuntimeError("unreachable")
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    out = [f"# SIKeD distillation: {r['student']} taught by {r['teacher']}", "",
+           f"Teacher solutions kept per strategy: {r['teacher_kept_by_strategy']}. Before distillation: val "
+           f"{100 * r['before']['val']:.1f}%, test {100 * r['before']['test']:.1f}%.", "",
+           "| iteration | α | train rows (self) | val | test | test strategy mix |", "|---:|---:|---:|---:|---:|---|"]
+    for x in r["iterations"]:
+        out.append(f"| {x['iteration']} | {x['alpha']:.2f} | {x.get('rows', '')} ({x.get('self_rows', 0)}) | "
+                   f"{100 * x['val_accuracy']:.1f}% | {100 * x['test_accuracy']:.1f}% | {x['test_strategy_mix']} |")
+    out += ["", f"Kept: iteration {r['best_iteration']}. Teacher: {r['teacher_calls']} calls, "
+                f"${r['teacher_cost_usd']:.6f}.", "", "![accuracy by iteration](accuracy.png)"]
+    return "\n".join(out) + "\n"
+
+
+KIND = JobKind(
+    name="siked",
+    description="SIKeD distillation: cot/l2m/pot teacher data, student self-samples, adaptive mix (α logged)",
+    params=SikedParams,
+    run=run,
+    prepare=prepare,
+)

@@ -1,0 +1,241 @@
+"""Everything the taxonomy, learned and hybrid routers know, fitted on observed (query, rung, score, cost) rows.
+
+    taxonomy   p(task | x), p(complexity | x), domain (escalon.router.taxonomy)
+    profile    Φ(i, x): rung i's accuracy in x's cell, with back-off
+    predictor  ŝ_i(x): the learned per-rung success probability over [Enc(x); taxonomy probabilities]
+    cost       ĉ_i(x) = a_i + b_i · len(x): the recorded cost explained by the prompt's length (what a router
+               knows before calling); rungs without rows get the mean of the others
+    memory     the training embeddings and scores: the nearest-example test of familiarity, and the nearest
+               prompts' success estimate N_i(x) the predictor builds on (leave-one-out on train)
+    familiar   top task probability ≥ min_top, margin over the second ≥ min_margin, nearest training example
+               cosine ≥ min_cosine, cell profiled (ALGORITHMS.md §1). Familiar queries take Φ, others ŝ.
+
+`fit_routing_model` tunes the familiarity thresholds on a development slice of the training rows (never
+the test split): it fits on the rest, picks the thresholds whose routes give the best development AIQ, then
+refits every part on all training rows with those thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from escalon.router.neighbours import knn_success
+from escalon.router.predictor import SuccessPredictor
+from escalon.router.taxonomy import Profile, Taxonomy, complexity_labels
+
+# λ grid of the selection rule argmax_i ŝ_i − λ·ĉ_i / cost_scale: 0 = best predicted quality, large = cheapest.
+LAMBDAS = (0.0, *np.round(np.geomspace(1e-3, 30.0, 36), 6).tolist(), 1e3)
+MIN_TOP_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 2.0)  # 0: always taxonomy; 2: always learned
+MIN_COSINE_GRID = (0.0, 0.6, 0.75, 0.85)
+MIN_MARGIN = 0.2
+
+
+@dataclass
+class Familiarity:
+    min_top: float = 0.7
+    min_margin: float = MIN_MARGIN
+    min_cosine: float = 0.75
+    why: str = "ALGORITHMS.md defaults"
+
+
+@dataclass
+class Prediction:
+    """The router's view of n queries: [n, ...] arrays, columns in RoutingModel.rungs order."""
+
+    p_task: np.ndarray
+    p_cx: np.ndarray
+    phi: np.ndarray  # taxonomy estimate of success
+    learned: np.ndarray  # predictor estimate of success
+    nearest: np.ndarray  # cosine of the nearest training example
+    familiar: np.ndarray  # bool
+    cost: np.ndarray  # predicted cost in USD
+
+    @property
+    def hybrid(self) -> np.ndarray:
+        return np.where(self.familiar[:, None], self.phi, self.learned)
+
+    def why(self, row: int, model: RoutingModel) -> str:
+        top = np.sort(self.p_task[row])[::-1]
+        second = top[1] if len(top) > 1 else 0.0
+        f = model.familiarity
+        facts = (f"top task p={top[0]:.2f} (≥{f.min_top:g}), margin {top[0] - second:.2f} (≥{f.min_margin:g}), "
+                 f"nearest example cos {self.nearest[row]:.2f} (≥{f.min_cosine:g})")
+        return ("familiar: " if self.familiar[row] else "ambiguous: ") + facts
+
+
+@dataclass
+class RoutingModel:
+    encoder: str
+    rungs: list[str]
+    families: list[str]
+    tasks: list[str]
+    taxonomy: Taxonomy
+    profile: Profile
+    predictor: SuccessPredictor
+    cost_intercept: np.ndarray  # [R]
+    cost_slope: np.ndarray  # [R] USD per prompt character
+    cost_scale: float  # USD; λ is per this much money
+    memory: np.ndarray  # [m, d] float16 unit rows
+    memory_scores: np.ndarray  # [m, R] float16, NaN where unobserved
+    familiarity: Familiarity = field(default_factory=Familiarity)
+    mean_success: float = 0.5
+
+    def features(self, x: np.ndarray, p_task: np.ndarray, p_cx: np.ndarray) -> np.ndarray:
+        return np.hstack([x, p_task, p_cx]).astype(np.float32)
+
+    def predict_cost(self, prompt_chars: np.ndarray) -> np.ndarray:
+        return np.maximum(self.cost_intercept[None, :] + np.outer(prompt_chars, self.cost_slope), 0.0)
+
+    @cached_property
+    def memory32(self) -> np.ndarray:
+        return self.memory.astype(np.float32)
+
+    @cached_property
+    def memory_scores64(self) -> np.ndarray:
+        return self.memory_scores.astype(float)
+
+    def nearest(self, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        if not len(self.memory):
+            return np.zeros(len(x))
+        memory = self.memory32
+        return np.concatenate([(x[i:i + chunk] @ memory.T).max(axis=1) for i in range(0, len(x), chunk)]) \
+            if len(x) else np.zeros(0)
+
+    def predict(self, x: np.ndarray, prompt_chars: np.ndarray, nearest: np.ndarray | None = None) -> Prediction:
+        p_task = self.taxonomy.task_proba(x)
+        p_cx = self.taxonomy.complexity_proba(x)
+        phi = self.profile.phi(p_task, p_cx)
+        neighbours = knn_success(self.memory32, self.memory_scores64, x) \
+            if len(self.memory) else None
+        learned = self.predictor.predict(self.features(x, p_task, p_cx), phi, neighbours)
+        near = self.nearest(x) if nearest is None else nearest
+        familiar = self.is_familiar(p_task, p_cx, near, self.familiarity)
+        return Prediction(p_task, p_cx, phi, learned, near, familiar, self.predict_cost(prompt_chars))
+
+    def is_familiar(self, p_task: np.ndarray, p_cx: np.ndarray, near: np.ndarray, f: Familiarity) -> np.ndarray:
+        ordered = np.sort(p_task, axis=1)[:, ::-1]
+        top = ordered[:, 0]
+        second = ordered[:, 1] if ordered.shape[1] > 1 else np.zeros(len(top))
+        profiled = self.profile.profiled(p_task.argmax(axis=1), p_cx.argmax(axis=1))
+        return (top >= f.min_top) & (top - second >= f.min_margin) & (near >= f.min_cosine) & profiled
+
+
+def choose(success: np.ndarray, cost: np.ndarray, lam: float, cost_scale: float,
+           allowed: np.ndarray | None = None) -> np.ndarray:
+    """The selection rule: per query the rung maximising ŝ − λ·ĉ/scale (ties go to the cheaper rung)."""
+    utility = success - lam * cost / cost_scale - 1e-9 * cost / cost_scale
+    if allowed is not None:
+        utility = np.where(allowed, utility, -np.inf)
+    return utility.argmax(axis=1)
+
+
+def route_points(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                 cost_scale: float, lambdas=LAMBDAS) -> list[tuple[float, float]]:
+    """(mean cost, mean score) of one-call routing at every λ; only observed (query, rung) pairs are chosen."""
+    observed = ~np.isnan(scores)
+    rows = np.arange(len(scores))
+    points = []
+    for lam in lambdas:
+        pick = choose(success, cost_pred, lam, cost_scale, observed)
+        points.append((float(costs[rows, pick].mean()), float(scores[rows, pick].mean())))
+    return points
+
+
+def _fit_parts(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+               rungs: list[str], families: list[str], encoder: str, seed: int = 0) -> RoutingModel:
+    cx, _ = complexity_labels(scores)
+    taxonomy = Taxonomy.fit(x, tasks, cx, seed=seed)
+    task_names = taxonomy.task.classes
+    task_idx = np.array([task_names.index(str(t)) for t in tasks])
+    profile = Profile.fit(rungs, task_names, task_idx, cx, scores, costs)
+    p_task, p_cx = taxonomy.task_proba(x), taxonomy.complexity_proba(x)
+    phi = profile.phi(p_task, p_cx)
+    h = np.hstack([x, p_task, p_cx]).astype(np.float32)
+    neighbours = knn_success(x, scores, x, leave_one_out=True)
+    predictor = SuccessPredictor.fit(h, phi, scores, rungs, seed=seed, neighbours=neighbours)
+    intercept, slope = fit_cost_model(chars, costs)
+    observed = ~np.isnan(scores)
+    scale = float(np.nanmean(np.where(observed, costs, np.nan), axis=0).max()) if observed.any() else 1.0
+    return RoutingModel(encoder, list(rungs), list(families), task_names, taxonomy, profile, predictor, intercept,
+                        slope, scale if scale > 0 else 1.0, x.astype(np.float16), scores.astype(np.float16),
+                        mean_success=float(np.nanmean(scores)) if observed.any() else 0.5)
+
+
+def fit_cost_model(chars: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares cost = a + b·chars per rung on its observed rows; a rung without rows: the others' mean."""
+    R = costs.shape[1]
+    a, b, ok = np.zeros(R), np.zeros(R), np.zeros(R, dtype=bool)
+    for r in range(R):
+        seen = ~np.isnan(costs[:, r])
+        if seen.sum() >= 2 and np.ptp(chars[seen]) > 0:
+            b[r], a[r] = np.polyfit(chars[seen].astype(float), costs[seen, r], 1)
+            ok[r] = True
+        elif seen.any():
+            a[r], ok[r] = costs[seen, r].mean(), True
+    if ok.any() and not ok.all():
+        a[~ok], b[~ok] = a[ok].mean(), b[ok].mean()
+    return a, b
+
+
+def dev_split(n: int, share: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, int(round(n * share))) if n > 4 else 0
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def tune_familiarity(model: RoutingModel, x_dev: np.ndarray, chars_dev: np.ndarray, scores_dev: np.ndarray,
+                     costs_dev: np.ndarray) -> Familiarity:
+    """The thresholds whose hybrid routes give the best AIQ on the development rows."""
+    from escalon.router.metrics import aiq
+
+    pred = model.predict(x_dev, chars_dev)
+    observed = ~np.isnan(scores_dev)
+    lo = float(np.nanmin(np.nanmean(costs_dev, axis=0)))
+    hi = float(np.nanmax(np.nanmean(costs_dev, axis=0)))
+    best, best_value = Familiarity(), -np.inf
+    for min_top in MIN_TOP_GRID:
+        for min_cos in MIN_COSINE_GRID if 0 < min_top <= 1 else (0.0,):
+            f = Familiarity(min_top, MIN_MARGIN if 0 < min_top <= 1 else 0.0, min_cos)
+            familiar = model.is_familiar(pred.p_task, pred.p_cx, pred.nearest, f) if min_top > 0 else \
+                np.ones(len(x_dev), bool)
+            success = np.where(familiar[:, None], pred.phi, pred.learned)
+            value = aiq(route_points(success, pred.cost, scores_dev, costs_dev, model.cost_scale), lo, hi)
+            if value > best_value + 1e-9 and observed.any():
+                best, best_value = f, value
+                best.why = (f"tuned on {len(x_dev)} development rows of train: development AIQ {value:.4f} "
+                            f"({'always taxonomy' if min_top == 0 else 'always learned' if min_top > 1 else 'mixed'})")
+    return best
+
+
+@dataclass
+class DevSlice:
+    """Training rows held out while tuning, with the predictions of the model fitted without them."""
+
+    rows: np.ndarray
+    prediction: Prediction | None
+    cost_scale: float = 1.0
+
+
+def fit_routing_model(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                      rungs: list[str], families: list[str], encoder: str, seed: int = 0,
+                      progress=lambda message: None) -> tuple[RoutingModel, DevSlice]:
+    fit_rows, dev_rows = dev_split(len(x), seed=seed)
+    familiarity = Familiarity()
+    dev = DevSlice(np.zeros(0, dtype=int), None)
+    if len(dev_rows) >= 20:
+        progress("fitting on train minus a development slice")
+        part = _fit_parts(x[fit_rows], chars[fit_rows], tasks[fit_rows], scores[fit_rows], costs[fit_rows],
+                          rungs, families, encoder, seed)
+        progress("tuning the hybrid's familiarity thresholds on the development slice")
+        familiarity = tune_familiarity(part, x[dev_rows], chars[dev_rows], scores[dev_rows], costs[dev_rows])
+        part.familiarity = familiarity
+        dev = DevSlice(dev_rows, part.predict(x[dev_rows], chars[dev_rows]), part.cost_scale)
+    progress("refitting taxonomy, profile and predictor on all training rows")
+    model = _fit_parts(x, chars, tasks, scores, costs, rungs, families, encoder, seed)
+    model.familiarity = familiarity
+    return model, dev
+
+
