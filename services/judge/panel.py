@@ -142,10 +142,12 @@ def judge_answers(
             else:
                 results.append(JudgeResult(name, min(1.0, max(0.0, float(predicted_success)))))
     ran = [r.score for r in results if not r.skipped]
-    if weights is not None:
-        confidence = weights.confidence(results) if ran else 0.0
+    if not ran or stats.majority is None:  # nothing judged, or no valid answer: confidence 0, whatever the weights
+        confidence = 0.0
+    elif weights is not None:
+        confidence = weights.confidence(results)
     else:
-        confidence = sum(ran) / len(ran) if ran and stats.majority is not None else 0.0
+        confidence = sum(ran) / len(ran)
     answer_text = next((c.text for c, p in zip(candidates, parsed) if p == stats.majority), candidates[0].text if candidates else "")
     return Verdict(confidence, stats.majority, answer_text, answer_type, tuple(results), stats.counts, stats.invalid,
                    tuple(parsed))
