@@ -12,14 +12,14 @@ from escalon.config import ServiceSettings
 class JudgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ESCALON_JUDGE_", extra="ignore")
 
-    port: int = Field(default=50052, ge=0, le=65535)
+    port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0: a free one)")
     serving_address: str = Field(default="127.0.0.1:50053", description="ModelServing, for LLM judges")
     max_candidates: int = Field(default=64, gt=0, description="samples + references per Score call")
     max_answer_chars: int = Field(default=32_000, gt=0, description="longest answer text accepted")
     max_prompt_chars: int = Field(default=32_000, gt=0, description="longest prompt accepted")
     max_logprob_tokens: int = Field(default=8192, gt=0, description="most token log-probs accepted per candidate")
     calibration: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list,
+        default=[],  # pydantic copies it per instance; a literal shows in --help, a factory does not
         description="calibration artefacts (escalon.judge-calibration/v1 JSON, comma-separated; the first wins "
                     "where two fit the same group); empty: the plain mean of the judges, uncalibrated",
     )

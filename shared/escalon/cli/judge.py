@@ -47,9 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Sample a local rung n times per question on a small gold question set built from the shared "
                     "benchmarks' prompts; report what each judge and the panel achieve at each n (cross-fitted "
                     "calibration), with the judge cost per query. Generations are cached under <out>/cache.",
-        epilog="example: nice escalon judge live --out /tmp/judge-live --questions 32 --threads 2  (the models come "
+        epilog="example: nice escalon judge live --out /tmp/judge-live --questions 32 --threads 1  (the models come "
                "from PyPI packages, converted once under ~/.cache/escalon/models; minutes to tens of minutes on CPU, "
-               "a re-run reuses the cache)")
+               "a re-run reuses the cache; on a machine shared with other jobs one torch thread is much faster "
+               "than two fighting for the cores)")
     live.add_argument("--out", type=Path, required=True,
                       help="folder for live.md/json, questions.jsonl, the PNGs, calibration-live.json and cache/")
     live.add_argument("--routing-data", type=Path,
