@@ -8,6 +8,7 @@ run by this test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,7 +29,7 @@ from escalon.tracecollector import TraceCollector
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("router", "judge", "serving", "distill")
+SERVICES = ("router", "judge", "serving", "distill", "gateway")  # the gateway speaks HTTP, the others gRPC
 
 
 def _free_ports(n: int) -> list[int]:
@@ -69,6 +71,9 @@ async def stack(tmp_path_factory):
 async def _wait_all_serving(ports, process, log_path, timeout_s):
     deadline = time.monotonic() + timeout_s
     for name, port in ports.items():
+        if name == "gateway":
+            await _wait_http_ready(f"http://127.0.0.1:{port}/healthz", process, log_path, deadline)
+            continue
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -83,6 +88,19 @@ async def _wait_all_serving(ports, process, log_path, timeout_s):
                 except grpc.aio.AioRpcError:
                     pass
                 await asyncio.sleep(1)
+
+
+async def _wait_http_ready(url, process, log_path, deadline):
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"escalon up exited early:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the gateway was not ready at {url}:\n{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(1)
 
 
 async def _route(stack, **fields) -> router_pb2.RouteResponse:
@@ -138,6 +156,20 @@ async def test_the_cli_asks_lists_models_and_runs_a_job_on_the_queue(stack):
     assert "succeeded" in job.stdout and "gpt-4-1106-preview" in job.stdout
     unknown = await asyncio.to_thread(_cli, stack, "jobs", "status", "no-such-job")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+
+
+async def test_the_gateway_serves_the_openai_api_and_the_operators_page_of_this_stack(stack):
+    base = f"http://127.0.0.1:{stack['ports']['gateway']}"
+    async with httpx.AsyncClient(timeout=600) as client:
+        models = (await client.get(f"{base}/v1/models")).json()
+        ids = {m["id"] for m in models["data"]}
+        assert {"escalon/auto", "smollm2-135m", "gpt-4"} <= ids, ids
+        reply = await client.post(f"{base}/v1/chat/completions", json={
+            "model": "smollm2-135m", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"] and reply.headers["x-escalon-rung"] == "smollm2-135m"
+        page = await client.get(f"{base}/ops")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
 
 
 async def test_ctrl_c_stops_every_service_gracefully(stack):

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and keep serving until Ctrl-C. Ports come from ESCALON_*_PORT.")
     up.add_argument("--demo", action="store_true", help="ask the demo question once the stack is up and show its trace")
     up.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
+    up.add_argument("--no-gateway", action="store_true",
+                    help="do not start the HTTP gateway (OpenAI-compatible API and operator's page, ESCALON_GATEWAY_PORT)")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the stack after the demo (for scripts)")
 
     ask = sub.add_parser("ask", help="ask a question through the Router API and show the route",

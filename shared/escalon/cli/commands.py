@@ -40,7 +40,7 @@ def _address(explicit: str | None, settings_path: str) -> str:
 
 
 async def up(args: argparse.Namespace) -> int:
-    stack = plan_stack(with_worker=not args.no_worker)
+    stack = plan_stack(with_worker=not args.no_worker, with_gateway=not args.no_gateway)
     print(f"Starting the Escalon stack (data in {stack.data_dir}); the first start converts the local models "
           "(about a minute).")
     stop = asyncio.Event()
@@ -50,6 +50,8 @@ async def up(args: argparse.Namespace) -> int:
     try:
         await start_stack(stack)
         print(f"\nEscalon is up. Router API: {stack.router_address}")
+        if stack.gateway_url:
+            print(f"OpenAI-compatible API: {stack.gateway_url}/v1  ·  operator's page: {stack.gateway_url}/ops")
         if args.demo:
             await _demo(stack)
         if not args.exit_after_demo:
