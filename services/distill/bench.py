@@ -32,7 +32,10 @@ def add_arguments(parser: Any, *, with_out: bool = True) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate [1e-3]")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank [8]")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch [8]")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
+    parser.add_argument("--max-new-tokens", type=int, default=96,
+                        help="longest student answer when scoring [96; teacher rationales are 30-60 tokens]")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads [all cores; 1 is faster on a machine other work keeps busy]")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-gain", type=float, default=0.0,
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     undo_params = {
         "teacher": "program:arith", "student": "smollm2-135m", "data": harvest["artefacts"]["dataset"],
         "rounds": args.rounds, "min_gain": args.min_gain, "limit_train": args.train, "limit_val": args.val,
-        "limit_test": args.test, "max_new_tokens": 128, "eval_batch_size": 16, "device": args.device,
+        "limit_test": args.test, "max_new_tokens": args.max_new_tokens, "eval_batch_size": 16, "device": args.device,
         "torch_threads": args.threads,
         "train": {"r": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
                   "batch_size": args.batch_size, "seed": args.seed, "checkpoint_every": 50},

@@ -163,6 +163,10 @@ def plot_rounds(path_png: Path, title: str, series: dict[str, list[tuple[int, fl
     xmax = max([x for pts in series.values() for x, _ in pts] or [1])
     for k, (label, value) in enumerate(lines.items()):
         ax.hlines(100 * value, 0, max(1, xmax), linestyles=styles[k % 3], colors=f"C{k + 3}", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_ylim(-2, 102)  # a fixed scale: small and large gains look like what they are
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy on held-out items (%)")
     ax.set_title(title)

@@ -1,12 +1,13 @@
 """Distillation jobs as users run them: through the gRPC front, a real worker and the SQLite broker; by task
 name straight onto the Celery queue; and a worker SIGKILLed mid-UNDO that resumes from its checkpoint.
-Real LoRA on SmolLM2-135M, kept tiny (a few steps, 4 train items, answers of 12 tokens)."""
+Real LoRA on SmolLM2-135M, kept tiny (a few steps, 4 train items, answers of 8 tokens)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
 from escalon.distill.celery_app import create_celery
@@ -34,7 +35,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _undo_params(data: str, model_cache: Path, **extra) -> dict:
     return {"teacher": "program:arith", "student": "smollm2-135m", "data": data, "models_dir": str(model_cache),
-            "rounds": 1, "min_gain": 0.0, "limit_train": 4, "limit_val": 2, "limit_test": 2, "max_new_tokens": 12,
+            "rounds": 1, "min_gain": 0.0, "limit_train": 4, "limit_val": 2, "limit_test": 2, "max_new_tokens": 8,
             "torch_threads": 1, "teacher_chunk": 2,
             "train": {"max_steps": 2, "batch_size": 2, "checkpoint_every": 1, "r": 4, "alpha": 8, "lr": 1e-3},
             **extra}
@@ -162,3 +163,62 @@ async def test_the_cli_submits_with_first_class_flags_and_follows_the_job(tmp_pa
             await commands.jobs(args)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("params.data:")
+
+
+async def test_bad_distillation_submissions_are_invalid_argument_naming_the_field(
+        tmp_path, front_factory, model_cache) -> None:
+    from escalon.distill.jobs import LocalContext, validate
+
+    env = env_for(tmp_path / "data")
+    front = await front_factory(env)  # no worker: SubmitJob checks everything before anything is queued
+    kind, harvest = validate("harvest", {"source": "synthetic:arith", "n": 30, "seed": 3}, tmp_path / "data")
+    data = kind.run(harvest, LocalContext(artefact_dir=tmp_path / "data" / "h"))["artefacts"]["dataset"]
+    good = _undo_params(data, model_cache)
+    cases = [
+        ("distil", {}, "kind", "unknown job kind 'distil'"),
+        ("undo", {"student": "no-such-rung"}, "params.student", "no-such-rung"),
+        ("undo", {"teacher": "no-such-rung"}, "params.teacher", "no-such-rung"),
+        ("undo", {"student": "gpt-4"}, "params.student", "must be a local model"),
+        ("undo", {"data": "missing.jsonl"}, "params.data", "no data set"),
+        ("undo", {"rounds": 9}, "params.rounds", "less than or equal to 4"),
+        ("undo", {"train": {**good["train"], "batch_size": 0}}, "params.train.batch_size", "greater than or equal"),
+        ("undo", {"train": {**good["train"], "lr": -1}}, "params.train.lr", "greater than 0"),
+        ("undo", {"device": "tpu"}, "params.device", "auto, cpu or cuda"),
+        ("siked", {"strategies": ["cot", "guess"]}, "params.strategies", "guess"),
+        ("promote", {"student": "/nowhere/merged", "target": "gpt-4"}, "params.student", "/nowhere/merged"),
+    ]
+    for n, (kind_name, change, field, words) in enumerate(cases):
+        raw = {**good, **change}
+        if kind_name == "siked":  # no UNDO rounds in SIKeD
+            raw = {k: v for k, v in raw.items() if k not in ("rounds", "min_gain")}
+        if kind_name == "promote":
+            raw = {"data": data, **change}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await front.stub.SubmitJob(distill_pb2.SubmitJobRequest(job_id=f"bad-{n}", kind=kind_name,
+                                                                    params=params(**raw)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
+        assert err.value.details().startswith(f"{field}: ") and words in err.value.details(), err.value.details()
+        assert front.store.get(f"bad-{n}") is None  # nothing stored, nothing queued
+
+
+async def test_cancelling_a_running_undo_job_stops_it_at_its_next_checkpoint(
+        tmp_path, front_factory, worker_factory, model_cache) -> None:
+    env = env_for(tmp_path / "data")
+    front = await front_factory(env)
+    worker_factory(env)
+    data = await _harvest(front)
+    # Slow teacher steps (one question per checkpoint): the job is cancelled before any model is loaded.
+    await front.stub.SubmitJob(distill_pb2.SubmitJobRequest(
+        job_id="undo-c", kind="undo", params=params(**_undo_params(data, model_cache, teacher_chunk=1,
+                                                                    step_delay_s=0.5))))
+    await wait_for(lambda: (j := front.store.get("undo-c")) and (j.checkpoint or {}).get("teacher_done", 0) >= 1,
+                   timeout=60, interval=0.05)
+    reply = await front.stub.CancelJob(distill_pb2.CancelJobRequest(job_id="undo-c"))
+    assert reply.job.state in (State.JOB_STATE_RUNNING, State.JOB_STATE_CANCELLED)
+    final = (await watch(front.stub, "undo-c", timeout=60))[-1]
+    assert final.state == State.JOB_STATE_CANCELLED
+    job = front.store.get("undo-c")
+    assert job.checkpoint["phase"] == "teacher" and job.checkpoint["teacher_done"] < 4  # stopped, not finished
+    assert not (tmp_path / "data" / "jobs" / "undo-c" / "report.json").exists()
+    again = await front.stub.CancelJob(distill_pb2.CancelJobRequest(job_id="undo-c"))  # idempotent
+    assert again.job.state == State.JOB_STATE_CANCELLED

@@ -16,7 +16,7 @@ from tests.unit.distill.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.unit
 
-TINY = {"limit_train": 4, "limit_val": 2, "limit_test": 2, "max_new_tokens": 12, "torch_threads": 1,
+TINY = {"limit_train": 4, "limit_val": 2, "limit_test": 2, "max_new_tokens": 8, "torch_threads": 1,
         "teacher_chunk": 2, "train": TINY_TRAIN}
 
 
