@@ -155,3 +155,14 @@ def bootstrap_interval(metric, confidence: Sequence[float], correct: Sequence[fl
         return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def ece_noise_floor(confidence: Sequence[float], *, draws: int = 300, seed: int = 0) -> float | None:
+    """The median ECE a *perfectly calibrated* predictor with these confidences would show on this many answers
+    (labels drawn as Bernoulli(confidence)): binning noise. An ECE at or under it is as calibrated as the sample
+    can show; a predictor with few distinct values (a coarse judge) has a lower floor than a graded one."""
+    conf, _ = _arrays(confidence, confidence)
+    if not conf.size:
+        return None
+    rng = np.random.default_rng(seed)
+    return float(np.median([ece(conf, rng.binomial(1, conf)) for _ in range(draws)]))

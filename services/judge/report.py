@@ -280,7 +280,7 @@ def build_report(items: list[Item], config: ReportConfig) -> dict[str, Any]:
 def compare(pred, group: str, idx: list[int], judges: list[str]) -> dict[str, Any]:
     """The calibrated panel against each calibrated single judge on the same answers (those the judge could
     score), with paired-bootstrap 95% intervals of the differences; the best single judge is the lowest Brier."""
-    from escalon.judge.metrics import auroc, bootstrap_interval, brier, ece
+    from escalon.judge.metrics import auroc, bootstrap_interval, brier, ece, ece_noise_floor
 
     labels = [pred.items[k].correct for k in idx]
     panel = [pred.panel_cal[k] for k in idx]
@@ -288,7 +288,8 @@ def compare(pred, group: str, idx: list[int], judges: list[str]) -> dict[str, An
                            "panel": {"brier": brier(panel, labels), "ece": ece(panel, labels),
                                      "auroc": auroc(panel, labels),
                                      "brier_ci": bootstrap_interval(brier, panel, labels),
-                                     "ece_ci": bootstrap_interval(ece, panel, labels)},
+                                     "ece_ci": bootstrap_interval(ece, panel, labels),
+                                     "ece_noise_floor": ece_noise_floor(panel)},
                            "singles": []}
     for judge in judges:
         keep = [k for k in idx if pred.judge_cal[judge][k] is not None]
@@ -299,6 +300,7 @@ def compare(pred, group: str, idx: list[int], judges: list[str]) -> dict[str, An
         same = [pred.panel_cal[k] for k in keep]
         out["singles"].append({
             "judge": judge, "n": len(keep), "brier": brier(single, y), "ece": ece(single, y), "auroc": auroc(single, y),
+            "ece_noise_floor": ece_noise_floor(single),
             "panel_brier": brier(same, y), "panel_ece": ece(same, y), "panel_auroc": auroc(same, y),
             "delta_brier_ci": bootstrap_interval(brier, same, y, single),
             "delta_ece_ci": bootstrap_interval(ece, same, y, single)})
@@ -324,18 +326,21 @@ def markdown(report: dict[str, Any]) -> str:
     ci = lambda pair: f"[{pair[0]:+.3f}, {pair[1]:+.3f}]" if pair else "–"  # noqa: E731
     out += ["## The calibrated panel against each calibrated single judge (same answers)", "",
             "Δ = panel − judge (negative Brier/ECE is better for the panel), with paired-bootstrap 95% intervals. "
-            "Single judges that score under 90% of the answers are left out.", ""]
+            "Single judges that score under 90% of the answers are left out. ECE floor = the median ECE a perfectly "
+            "calibrated predictor with the same confidences shows on this many answers (binning noise): an ECE near "
+            "its floor is as calibrated as the sample can show, and a coarse judge (few distinct values) has a lower "
+            "floor than a graded panel, so ECE alone cannot rank them — Brier (a proper score) and AUROC can.", ""]
     for c in report["comparison"]:
         p = c["panel"]
         out += [f"**{c['group']}** ({c['n']} answers): calibrated panel Brier {fmt(p['brier'])} {ci(p['brier_ci'])}, "
-                f"ECE {fmt(p['ece'])} {ci(p['ece_ci'])}, AUROC {fmt(p['auroc'])}; best single judge: "
-                f"{c['best_single'] or '–'}.", "",
-                "| judge | n | judge Brier | panel Brier | Δ Brier 95% CI | judge ECE | panel ECE | Δ ECE 95% CI | "
-                "judge AUROC | panel AUROC |", "|---|---:|---:|---:|---|---:|---:|---|---:|---:|"]
+                f"ECE {fmt(p['ece'])} {ci(p['ece_ci'])} (floor {fmt(p.get('ece_noise_floor'))}), AUROC "
+                f"{fmt(p['auroc'])}; best single judge: {c['best_single'] or '–'}.", "",
+                "| judge | n | judge Brier | panel Brier | Δ Brier 95% CI | judge ECE (floor) | panel ECE | "
+                "Δ ECE 95% CI | judge AUROC | panel AUROC |", "|---|---:|---:|---:|---|---:|---:|---|---:|---:|"]
         for r in c["singles"]:
             out.append(f"| {r['judge']} | {r['n']} | {fmt(r['brier'])} | {fmt(r['panel_brier'])} | "
-                       f"{ci(r['delta_brier_ci'])} | {fmt(r['ece'])} | {fmt(r['panel_ece'])} | {ci(r['delta_ece_ci'])} | "
-                       f"{fmt(r['auroc'])} | {fmt(r['panel_auroc'])} |")
+                       f"{ci(r['delta_brier_ci'])} | {fmt(r['ece'])} ({fmt(r.get('ece_noise_floor'))}) | "
+                       f"{fmt(r['panel_ece'])} | {ci(r['delta_ece_ci'])} | {fmt(r['auroc'])} | {fmt(r['panel_auroc'])} |")
         out.append("")
     groups = list(dict.fromkeys(r["group"] for r in report["rows"]))
     for group in groups:

@@ -44,3 +44,12 @@ def test_summary_reports_base_rate_and_rejects_bad_confidences():
         brier([1.2], [1])
     with pytest.raises(ValueError):
         brier([0.2, 0.3], [1])
+
+
+def test_the_ece_noise_floor_is_what_a_calibrated_predictor_shows_by_chance():
+    from escalon.judge.metrics import ece_noise_floor
+
+    graded = [i / 199 for i in range(200)]
+    assert 0.01 < ece_noise_floor(graded) < 0.1  # 200 answers over 10 bins: a few points of pure noise
+    assert ece_noise_floor(graded * 25) < ece_noise_floor(graded)  # more answers, less noise
+    assert ece_noise_floor([0.0, 1.0] * 100) == 0.0  # certain and right by construction: nothing to mis-bin
