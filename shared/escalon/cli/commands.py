@@ -162,10 +162,13 @@ def _state(job: distill_pb2.Job) -> str:
 
 async def _watch(stub: distill_pb2_grpc.DistillServiceStub, job_id: str) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
     last = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[message]}")) as progress:
+    # The bar and clock keep their width; a long message is what gets cut in a narrow terminal.
+    message = TextColumn("{task.fields[message]}", table_column=Column(no_wrap=True, overflow="ellipsis"))
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), message) as progress:
         bar = progress.add_task(job_id[:12], total=1.0, message="")
         async for update in stub.WatchJob(distill_pb2.WatchJobRequest(job_id=job_id)):
             last = update.job
