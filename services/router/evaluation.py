@@ -38,6 +38,7 @@ ROUTERS = ("taxonomy", "learned", "hybrid", "hybrid+cascade")
 BASELINES = ("single", "random-mix", "oracle", "routellm-knn", "frugalgpt")
 ALL_POLICIES = (*ROUTERS, *BASELINES)
 DEV_LAMBDAS = LAMBDAS[::3]
+DEV_CASCADE_SAMPLE = 1000  # training prompts with answers that fit the judge weights (as many decide probing)
 
 
 class Progress:
@@ -207,19 +208,24 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
     rungs = bench.rung_names()
 
     model, dev = fit_routing_model(x[train], chars[train], bench.tasks[train], bench.scores[train],
-                                   bench.costs[train], rungs, families, enc.name, seed, progress.step)
+                                   bench.costs[train], rungs, families, enc.name, seed=seed,
+                                   progress=progress.step)
     pred = model.predict(x[test], chars[test])
     ctx = Context(bench, x, chars, train, test, model, pred, families, notes)
 
     weights, probe, probe_note = None, False, "no recorded responses: no probes"
     if bench.has_responses() and dev.prediction is not None:
         progress.step("fitting judge weights on the development slice (recorded answers, cross-model agreement)")
-        dev_rows = train[dev.rows]
-        dev_success = dev.prediction.hybrid
-        attempts = collect_attempts(model, bench, dev_rows, dev_success, dev.prediction.cost, families,
-                                    DEV_LAMBDAS[len(DEV_LAMBDAS) // 2])
+        # out-of-fold predictions of training prompts that have answers; half fit the weights, half decide probing
+        has = np.flatnonzero(answerable(bench, train[dev.rows]).sum(axis=1) >= 2)
+        has = np.random.default_rng(seed).permutation(has)[:2 * DEV_CASCADE_SAMPLE]
+        fit_part, decide_part = np.sort(has[::2]), np.sort(has[1::2])
+        dev_pred = dev.prediction
+        attempts = collect_attempts(model, bench, train[dev.rows[fit_part]], dev_pred.hybrid[fit_part],
+                                    dev_pred.cost[fit_part], families, DEV_LAMBDAS[len(DEV_LAMBDAS) // 2])
         weights = fit_judge_weights(attempts, version="eval")
-        probe, probe_note = decide_probe(model, bench, dev_rows, dev.prediction, families, weights, progress)
+        probe, probe_note = decide_probe(model, bench, train[dev.rows[decide_part]],
+                                         dev_pred.rows(decide_part), families, weights, progress)
     notes.append(f"hybrid familiarity: {model.familiarity.why}")
     notes.append(f"hybrid+cascade probes: {probe_note}")
 

@@ -31,6 +31,7 @@ LAMBDAS = (0.0, *np.round(np.geomspace(1e-3, 30.0, 36), 6).tolist(), 1e3)
 MIN_TOP_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 2.0)  # 0: always taxonomy; 2: always learned
 MIN_COSINE_GRID = (0.0, 0.6, 0.75, 0.85)
 MIN_MARGIN = 0.2
+TAXONOMY_WEIGHT_GRID = (1.0, 0.75, 0.5, 0.25)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Familiarity:
     min_top: float = 0.7
     min_margin: float = MIN_MARGIN
     min_cosine: float = 0.75
+    taxonomy_weight: float = 1.0  # a familiar query's estimate: α·Φ + (1 − α)·ŝ (1 = the taxonomy's alone)
     why: str = "ALGORITHMS.md defaults"
 
 
@@ -52,10 +54,22 @@ class Prediction:
     nearest: np.ndarray  # cosine of the nearest training example
     familiar: np.ndarray  # bool
     cost: np.ndarray  # predicted cost in USD
+    profiled: np.ndarray  # bool: the argmax cell holds enough rows
+    taxonomy_weight: float = 1.0
+
+    ARRAYS = ("p_task", "p_cx", "phi", "learned", "nearest", "familiar", "cost", "profiled")
+
+    @classmethod
+    def concat(cls, parts: list[Prediction]) -> Prediction:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.ARRAYS))
+
+    def rows(self, index: np.ndarray) -> Prediction:
+        return Prediction(*(getattr(self, f)[index] for f in self.ARRAYS), self.taxonomy_weight)
 
     @property
     def hybrid(self) -> np.ndarray:
-        return np.where(self.familiar[:, None], self.phi, self.learned)
+        a = self.taxonomy_weight
+        return np.where(self.familiar[:, None], a * self.phi + (1 - a) * self.learned, self.learned)
 
     def why(self, row: int, model: RoutingModel) -> str:
         top = np.sort(self.p_task[row])[::-1]
@@ -112,15 +126,17 @@ class RoutingModel:
             if len(self.memory) else None
         learned = self.predictor.predict(self.features(x, p_task, p_cx), phi, neighbours)
         near = self.nearest(x) if nearest is None else nearest
-        familiar = self.is_familiar(p_task, p_cx, near, self.familiarity)
-        return Prediction(p_task, p_cx, phi, learned, near, familiar, self.predict_cost(prompt_chars))
-
-    def is_familiar(self, p_task: np.ndarray, p_cx: np.ndarray, near: np.ndarray, f: Familiarity) -> np.ndarray:
-        ordered = np.sort(p_task, axis=1)[:, ::-1]
-        top = ordered[:, 0]
-        second = ordered[:, 1] if ordered.shape[1] > 1 else np.zeros(len(top))
         profiled = self.profile.profiled(p_task.argmax(axis=1), p_cx.argmax(axis=1))
-        return (top >= f.min_top) & (top - second >= f.min_margin) & (near >= f.min_cosine) & profiled
+        familiar = familiar_mask(p_task, near, profiled, self.familiarity)
+        return Prediction(p_task, p_cx, phi, learned, near, familiar, self.predict_cost(prompt_chars), profiled,
+                          self.familiarity.taxonomy_weight)
+
+
+def familiar_mask(p_task: np.ndarray, near: np.ndarray, profiled: np.ndarray, f: Familiarity) -> np.ndarray:
+    ordered = np.sort(p_task, axis=1)[:, ::-1]
+    top = ordered[:, 0]
+    second = ordered[:, 1] if ordered.shape[1] > 1 else np.zeros(len(top))
+    return (top >= f.min_top) & (top - second >= f.min_margin) & (near >= f.min_cosine) & profiled
 
 
 def choose(success: np.ndarray, cost: np.ndarray, lam: float, cost_scale: float,
@@ -158,10 +174,19 @@ def _fit_parts(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.n
     predictor = SuccessPredictor.fit(h, phi, scores, rungs, seed=seed, neighbours=neighbours)
     intercept, slope = fit_cost_model(chars, costs)
     observed = ~np.isnan(scores)
-    scale = float(np.nanmean(np.where(observed, costs, np.nan), axis=0).max()) if observed.any() else 1.0
+    scale = _cost_scale(scores, costs)
     return RoutingModel(encoder, list(rungs), list(families), task_names, taxonomy, profile, predictor, intercept,
-                        slope, scale if scale > 0 else 1.0, x.astype(np.float16), scores.astype(np.float16),
+                        slope, scale, x.astype(np.float16), scores.astype(np.float16),
                         mean_success=float(np.nanmean(scores)) if observed.any() else 0.5)
+
+
+def _cost_scale(scores: np.ndarray, costs: np.ndarray) -> float:
+    """The dearest rung's mean cost: λ = 1 trades all of one answer's quality for that much money."""
+    observed = ~np.isnan(scores) & ~np.isnan(costs)
+    if not observed.any():
+        return 1.0
+    scale = float(np.nanmax(np.nanmean(np.where(observed, costs, np.nan), axis=0)))
+    return scale if scale > 0 else 1.0
 
 
 def fit_cost_model(chars: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,62 +205,74 @@ def fit_cost_model(chars: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np
     return a, b
 
 
-def dev_split(n: int, share: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
-    cut = max(1, int(round(n * share))) if n > 4 else 0
-    return np.sort(order[cut:]), np.sort(order[:cut])
+    return [np.sort(order[i::k]) for i in range(k)]
 
 
-def tune_familiarity(model: RoutingModel, x_dev: np.ndarray, chars_dev: np.ndarray, scores_dev: np.ndarray,
-                     costs_dev: np.ndarray) -> Familiarity:
-    """The thresholds whose hybrid routes give the best AIQ on the development rows."""
+def tune_familiarity(pred: Prediction, scores: np.ndarray, costs: np.ndarray, cost_scale: float) -> Familiarity:
+    """The thresholds whose hybrid routes give the best AIQ on out-of-fold predictions of the training rows."""
     from escalon.router.metrics import aiq
 
-    pred = model.predict(x_dev, chars_dev)
-    observed = ~np.isnan(scores_dev)
-    lo = float(np.nanmin(np.nanmean(costs_dev, axis=0)))
-    hi = float(np.nanmax(np.nanmean(costs_dev, axis=0)))
+    lo = float(np.nanmin(np.nanmean(costs, axis=0)))
+    hi = float(np.nanmax(np.nanmean(costs, axis=0)))
     best, best_value = Familiarity(), -np.inf
+    tried = []
     for min_top in MIN_TOP_GRID:
         for min_cos in MIN_COSINE_GRID if 0 < min_top <= 1 else (0.0,):
-            f = Familiarity(min_top, MIN_MARGIN if 0 < min_top <= 1 else 0.0, min_cos)
-            familiar = model.is_familiar(pred.p_task, pred.p_cx, pred.nearest, f) if min_top > 0 else \
-                np.ones(len(x_dev), bool)
-            success = np.where(familiar[:, None], pred.phi, pred.learned)
-            value = aiq(route_points(success, pred.cost, scores_dev, costs_dev, model.cost_scale), lo, hi)
-            if value > best_value + 1e-9 and observed.any():
-                best, best_value = f, value
-                best.why = (f"tuned on {len(x_dev)} development rows of train: development AIQ {value:.4f} "
-                            f"({'always taxonomy' if min_top == 0 else 'always learned' if min_top > 1 else 'mixed'})")
+            for alpha in TAXONOMY_WEIGHT_GRID if min_top <= 1 else (1.0,):
+                f = Familiarity(min_top, MIN_MARGIN if 0 < min_top <= 1 else 0.0, min_cos, alpha)
+                familiar = familiar_mask(pred.p_task, pred.nearest, pred.profiled, f) if min_top > 0 else \
+                    np.ones(len(scores), bool)
+                success = np.where(familiar[:, None], alpha * pred.phi + (1 - alpha) * pred.learned, pred.learned)
+                value = aiq(route_points(success, pred.cost, scores, costs, cost_scale), lo, hi)
+                kind = "always taxonomy" if min_top == 0 and alpha == 1 else "always learned" if min_top > 1 else \
+                    f"{familiar.mean():.0%} familiar, α={alpha:g}"
+                tried.append((value, kind))
+                if value > best_value + 1e-9:
+                    best, best_value = f, value
+                    best.why = kind
+    named = {k: v for v, k in tried if k in ("always taxonomy", "always learned")}
+    best.why = (f"tuned on out-of-fold predictions of {len(scores)} training prompts: AIQ {best_value:.4f} "
+                f"({best.why}; always taxonomy {named.get('always taxonomy', float('nan')):.4f}, always learned "
+                f"{named.get('always learned', float('nan')):.4f})")
     return best
 
 
 @dataclass
 class DevSlice:
-    """Training rows held out while tuning, with the predictions of the model fitted without them."""
+    """Out-of-fold predictions of training rows: each row predicted by a model fitted without it."""
 
     rows: np.ndarray
     prediction: Prediction | None
-    cost_scale: float = 1.0
 
 
 def fit_routing_model(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-                      rungs: list[str], families: list[str], encoder: str, seed: int = 0,
+                      rungs: list[str], families: list[str], encoder: str, seed: int = 0, k_folds: int = 3,
                       progress=lambda message: None) -> tuple[RoutingModel, DevSlice]:
-    fit_rows, dev_rows = dev_split(len(x), seed=seed)
     familiarity = Familiarity()
     dev = DevSlice(np.zeros(0, dtype=int), None)
-    if len(dev_rows) >= 20:
-        progress("fitting on train minus a development slice")
-        part = _fit_parts(x[fit_rows], chars[fit_rows], tasks[fit_rows], scores[fit_rows], costs[fit_rows],
-                          rungs, families, encoder, seed)
-        progress("tuning the hybrid's familiarity thresholds on the development slice")
-        familiarity = tune_familiarity(part, x[dev_rows], chars[dev_rows], scores[dev_rows], costs[dev_rows])
-        part.familiarity = familiarity
-        dev = DevSlice(dev_rows, part.predict(x[dev_rows], chars[dev_rows]), part.cost_scale)
-    progress("refitting taxonomy, profile and predictor on all training rows")
+    if len(x) >= 20 * k_folds:
+        parts, rows = [], []
+        for i, held in enumerate(folds(len(x), k_folds, seed)):
+            progress(f"fold {i + 1}/{k_folds}: fitting taxonomy, profile and predictor without {len(held)} "
+                     "training prompts")
+            keep = np.setdiff1d(np.arange(len(x)), held)
+            part = _fit_parts(x[keep], chars[keep], tasks[keep], scores[keep], costs[keep], rungs, families,
+                              encoder, seed)
+            parts.append(part.predict(x[held], chars[held]))
+            rows.append(held)
+        order = np.concatenate(rows)
+        pred = Prediction.concat(parts)
+        inverse = np.argsort(order)
+        pred = pred.rows(inverse)
+        progress("tuning the hybrid's familiarity thresholds on the out-of-fold predictions")
+        scale = _cost_scale(scores, costs)
+        familiarity = tune_familiarity(pred, scores, costs, scale)
+        pred.familiar = familiar_mask(pred.p_task, pred.nearest, pred.profiled, familiarity)
+        pred.taxonomy_weight = familiarity.taxonomy_weight
+        dev = DevSlice(np.arange(len(x)), pred)
+    progress("refitting taxonomy, profile and predictor on all training prompts")
     model = _fit_parts(x, chars, tasks, scores, costs, rungs, families, encoder, seed)
     model.familiarity = familiarity
     return model, dev
-
-
