@@ -71,23 +71,23 @@ class AnswerScorer:
 
 
 def frugal_points(ladder: list[int], g: np.ndarray, answered: np.ndarray, scores: np.ndarray,
-                  costs: np.ndarray, thresholds=FRUGAL_THRESHOLDS) -> list[Point]:
+                  costs: np.ndarray, thresholds=FRUGAL_THRESHOLDS) -> list[tuple[float, float, float]]:
     """g [n, R] scorer outputs (NaN where no answer); a rung without a recorded answer is skipped unpaid,
     as a replay rung would be; a query whose ladder has no answer at all takes its last rung's recording."""
     points = []
     n = len(scores)
     for tau in thresholds:
-        got, paid = np.zeros(n), np.zeros(n)
+        got, paid, calls = np.zeros(n), np.zeros(n), np.ones(n)
         for q in range(n):
             chosen, spent = None, 0.0
             tried = [r for r in ladder if answered[q, r]]
-            for r in tried:
+            for k, r in enumerate(tried):
                 spent += costs[q, r]
-                chosen = r
+                chosen, calls[q] = r, k + 1
                 if g[q, r] >= tau:
                     break
             if chosen is None:
                 chosen, spent = ladder[-1], costs[q, ladder[-1]]
             got[q], paid[q] = scores[q, chosen], spent
-        points.append((float(paid.mean()), float(got.mean())))
+        points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
     return points

@@ -104,7 +104,7 @@ def cascade_points(model: RoutingModel, bench: Benchmark, rows: np.ndarray, succ
         for q in range(len(rows)):
             usable = probe and can_answer[q].sum() >= 2
             choice = build_plan(success[q], cost[q], lam, model.cost_scale, families, usable,
-                                allowed=can_answer[q] if usable else None)
+                                allowed=can_answer[q] if usable else None, weights=weights)
             if usable and not can_answer[q, choice.target]:
                 choice = build_plan(success[q], cost[q], lam, model.cost_scale, families, False)
             if len(choice.rungs) == 1:
@@ -317,7 +317,7 @@ def frugal_result(ctx: Context, enc, cache_dir, progress: Progress) -> PolicyRes
     ladder = [j for j in sorted(stats, key=lambda j: stats[j]) if (stats[j][0], stats[j][1]) in
               frontier(list(stats.values()))]
     pts = baselines.frugal_points(ladder, g, test_ok, ctx.scores, ctx.costs)
-    return PolicyResult("frugalgpt", [(c, qq, 0.0) for c, qq in pts], list(baselines.FRUGAL_THRESHOLDS), "tau",
+    return PolicyResult("frugalgpt", pts, list(baselines.FRUGAL_THRESHOLDS), "tau",
                         f"ladder {' → '.join(bench.models[j] for j in ladder)}; answers without a recording "
                         "are skipped")
 

@@ -5,7 +5,7 @@
 
 Φ_i is the taxonomy profile's expected accuracy (the prior); N_i, when given, the nearest training prompts'
 estimate (escalon.router.neighbours, leave-one-out on train); the head learns how far this query departs from
-them. Trained on observed (query, rung, score) rows only — a masked soft cross-entropy, so fractional
+them. Trained on observed (query, rung, score) rows only — a masked soft cross-entropy (L-BFGS in scipy), so fractional
 scores (F1, coverage) count as they are and missing pairs count not at all. L2 on w_i is the only shrinkage:
 a rung with few observed rows (one added later) keeps w_i ≈ 0 and falls back to its profile, and a rung
 with no rows at all has no head and is predicted by Φ alone. Inference is numpy (a matrix product).
@@ -42,9 +42,8 @@ class SuccessPredictor:
     def fit(cls, h: np.ndarray, prior: np.ndarray, scores: np.ndarray, rungs: list[str], l2: float = 1e-2,
             max_iter: int = 300, seed: int = 0, neighbours: np.ndarray | None = None) -> SuccessPredictor:
         """h [n, d], prior Φ [n, R], scores [n, R] with NaN where unobserved, neighbours N [n, R] or None."""
-        import torch
+        from scipy.optimize import minimize
 
-        torch.manual_seed(seed)
         observed = ~np.isnan(scores)
         keep = observed.any(axis=0)
         rung_idx = np.flatnonzero(keep)
@@ -55,33 +54,41 @@ class SuccessPredictor:
         bias = np.zeros(len(rungs))
         nscale = np.zeros(len(rungs))
         if R and n:
-            H = torch.tensor(h, dtype=torch.float32)
-            O = torch.tensor(logit(prior[:, rung_idx]), dtype=torch.float32)
-            M = torch.tensor(observed[:, rung_idx], dtype=torch.float32)
-            Y = torch.tensor(np.where(observed, scores, 0.0)[:, rung_idx], dtype=torch.float32)
-            W = torch.zeros(d, R, requires_grad=True)
-            a = torch.ones(R, requires_grad=True)
-            b = torch.zeros(R, requires_grad=True)
-            N = torch.tensor(logit(neighbours[:, rung_idx]) if neighbours is not None else np.zeros((n, R)),
-                             dtype=torch.float32)
-            c = torch.zeros(R, requires_grad=neighbours is not None)
-            total = M.sum().clamp(min=1.0)
-            params = [W, a, b] + ([c] if neighbours is not None else [])
-            opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+            H = h.astype(np.float64)
+            O = logit(prior[:, rung_idx])
+            N = logit(neighbours[:, rung_idx]) if neighbours is not None else np.zeros((n, R))
+            M = observed[:, rung_idx].astype(np.float64)
+            Y = np.where(observed, scores, 0.0)[:, rung_idx]
+            total = max(M.sum(), 1.0)
+            shapes = [(d, R), (R,), (R,), (R,)]  # W, a, c, b
+            sizes = [int(np.prod(sh)) for sh in shapes]
 
-            def closure():
-                opt.zero_grad()
+            def unpack(theta):
+                parts, at = [], 0
+                for sh, size in zip(shapes, sizes):
+                    parts.append(theta[at:at + size].reshape(sh))
+                    at += size
+                return parts
+
+            def loss_and_grad(theta):
+                W, a, c, b = unpack(theta)
                 z = H @ W + a * O + c * N + b
-                loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, Y, reduction="none") * M).sum() / total
-                loss = loss + l2 * (W ** 2).sum() / max(R, 1)
-                loss.backward()
-                return loss
+                # masked binary cross-entropy with logits, written stably
+                loss = ((np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z)))) * M).sum() / total
+                loss += l2 * (W ** 2).sum() / R
+                dz = (sigmoid(z) - Y) * M / total
+                grads = [H.T @ dz + 2 * l2 * W / R, (dz * O).sum(0),
+                         (dz * N).sum(0) if neighbours is not None else np.zeros(R), dz.sum(0)]
+                return loss, np.concatenate([g.ravel() for g in grads])
 
-            opt.step(closure)
-            weight[:, rung_idx] = W.detach().numpy()
-            scale[rung_idx] = a.detach().numpy()
-            bias[rung_idx] = b.detach().numpy()
-            nscale[rung_idx] = c.detach().numpy()
+            theta0 = np.concatenate([np.zeros(d * R), np.ones(R), np.zeros(R), np.zeros(R)])
+            result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
+                              options={"maxiter": max_iter})
+            W, a, c, b = unpack(result.x)
+            weight[:, rung_idx] = W
+            scale[rung_idx] = a
+            bias[rung_idx] = b
+            nscale[rung_idx] = c
         return cls(list(rungs), weight, scale, bias, observed.sum(axis=0),
                    nscale if neighbours is not None else None)
 

@@ -44,9 +44,26 @@ class PlanChoice:
     path: str  # taxonomy | learned
 
 
+def best_case_confidence(weights: JudgeWeights | None, predicted: float, cross_model_possible: bool) -> float:
+    """The highest confidence the weighted panel could give a one-sample answer: every judge that can run
+    agrees. Without fitted weights (a mean of judges) it is 1."""
+    if weights is None:
+        return 1.0
+    z = weights.bias
+    for judge, (ran, skipped) in weights.weights.items():
+        if judge == "predicted_success":
+            z += ran * predicted
+        elif judge == "cross_model" and cross_model_possible:
+            z += max(ran, skipped)
+        else:
+            z += skipped
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
 def build_plan(success: np.ndarray, cost: np.ndarray, lam: float, scale: float, families: list[str],
-               probe: bool, allowed: np.ndarray | None = None) -> PlanChoice:
-    """One query: the target rung at λ and, when probing, the cheaper rungs asked first."""
+               probe: bool, allowed: np.ndarray | None = None, weights: JudgeWeights | None = None) -> PlanChoice:
+    """One query: the target rung at λ and, when probing, the cheaper rungs asked first. Probes are dropped
+    when even their best case (every judge agreeing) could not reach the acceptance threshold."""
     utility = success - lam * cost / scale - 1e-9 * cost / scale
     if allowed is not None:
         utility = np.where(allowed, utility, -np.inf)
@@ -62,10 +79,13 @@ def build_plan(success: np.ndarray, cost: np.ndarray, lam: float, scale: float, 
         if probes and families[r] == families[probes[0]] and len({families[p] for p in probes}) < 2:
             continue  # a second probe from the first one's family gives no cross-model evidence
         probes.append(int(r))
-    if not probes:
+    threshold = float(min(1.0, max(0.0, escalation_value)))
+    ordered = sorted(probes, key=lambda r: (cost[r], r))
+    reachable = [best_case_confidence(weights, float(success[r]), any(families[p] != families[r] for p in ordered[:k]))
+                 >= threshold for k, r in enumerate(ordered)]
+    if not any(reachable):
         return PlanChoice((target,), 0.0, target, "")
-    ordered = tuple(sorted(probes, key=lambda r: (cost[r], r))) + (target,)
-    return PlanChoice(ordered, float(min(1.0, max(0.0, escalation_value))), target, "")
+    return PlanChoice(tuple(ordered) + (target,), threshold, target, "")
 
 
 def policy_success(policy: str, pred: Prediction) -> np.ndarray:
@@ -99,11 +119,13 @@ class HybridPolicy:
         x, pred = self.predict(query.prompt)
         success, cost, families = self._columns(pred, catalogue, rungs, query.prompt)
         lam = lambda_for_threshold(query.threshold)
-        choice = build_plan(success, cost, lam, self.model.cost_scale, families, self.probe and len(rungs) > 1)
+        choice = build_plan(success, cost, lam, self.model.cost_scale, families, self.probe and len(rungs) > 1,
+                            weights=self.judge_weights)
         path = "taxonomy" if pred.familiar[0] else "learned"
         names = tuple(rungs[r] for r in choice.rungs)
         reason = (f"{path} path ({pred.why(0, self.model)}); λ={lam:.4g} from τ={query.threshold:.2f}: target "
                   f"{rungs[choice.target]} (ŝ={success[choice.target]:.2f}, ĉ=${cost[choice.target]:.6f})")
+        reason += "; predicted success " + ", ".join(f"{n} {success[r]:.2f}" for n, r in zip(names, choice.rungs))
         if len(names) > 1:
             reason += f"; probes {', '.join(names[:-1])} accepted at confidence ≥ {choice.threshold:.2f}"
         return RoutePlan(
@@ -141,3 +163,33 @@ class HybridPolicy:
                 Label("domain", self.model.taxonomy.domain_names[int(domain[0])], float(max(0.0, similarity[0]))),
                 Label("format", answer_format(prompt), 1.0))
 
+
+
+class ArtefactPolicy:
+    """HybridPolicy over the artefact in a folder, swapped in when the folder's manifest changes."""
+
+    name = "hybrid+cascade"
+
+    def __init__(self, live, encoder_factory=None) -> None:
+        from escalon.router.embedding import make_encoder
+
+        self.live = live
+        self.encoder_factory = encoder_factory or make_encoder
+        self._encoders: dict[str, object] = {}
+        self._policy: HybridPolicy | None = None
+        self.current()
+
+    def current(self) -> HybridPolicy:
+        artefact = self.live.current()
+        if self._policy is None or self._policy.version != artefact.version:
+            name = artefact.model.encoder
+            if name not in self._encoders:
+                encoder = self.encoder_factory(name)
+                encoder.encode(["warm up"])  # load the model now, not on the first request
+                self._encoders[name] = encoder
+            self._policy = HybridPolicy(artefact.model, self._encoders[name], artefact.judge_weights,
+                                        artefact.probe, artefact.version)
+        return self._policy
+
+    def plan(self, query: RouteQuery, catalogue: Catalogue, rungs: list[str]) -> RoutePlan:
+        return self.current().plan(query, catalogue, rungs)

@@ -167,6 +167,13 @@ class RouterService:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(self), server)
 
     async def start(self) -> None:
+        if self.policy is None and self.settings.artefact is not None:
+            # a missing or broken artefact stops the start here, naming ESCALON_ROUTER_ARTEFACT
+            from escalon.router.artefact import LiveArtefact
+            from escalon.router.routing import ArtefactPolicy
+
+            self.policy = ArtefactPolicy(LiveArtefact(self.settings.artefact))
+            log.info("routing with artefact %s (version %s)", self.settings.artefact, self.policy.current().version)
         serving = open_channel(self.settings.serving_address)
         judge = open_channel(self.settings.judge_address)
         self._channels = [serving, judge]

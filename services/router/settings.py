@@ -1,5 +1,7 @@
 """Router settings (env prefix ESCALON_ROUTER_)."""
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -22,6 +24,11 @@ class RouterSettings(ServiceSettings):
     remote_samples: int = Field(default=1, ge=1, le=32, description="samples per remote or replay rung")
     temperature: float = Field(default=0.7, ge=0, le=2, description="sampling temperature of cascade attempts")
     max_prompt_chars: int = Field(default=32_000, gt=0, description="longest prompt accepted")
+    artefact: Path | None = Field(
+        default=None,
+        description="trained routing artefact folder (escalon eval writes <out>/artefact): the router then plans "
+                    "with the hybrid policy and reloads the folder when its manifest changes; unset = cheapest-first",
+    )
     dependency_wait_s: float = Field(default=600, ge=0, description="how long start waits for serving and judge")
 
     @field_validator("operating_points")
