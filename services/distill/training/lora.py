@@ -237,6 +237,13 @@ class StudentModel:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         encoded = [self._tokenize_row(p, t, config.max_len) for p, t in rows]
+        cut = sum(all(label == -100 for label in labels) for _, labels in encoded)
+        if cut == len(encoded):  # the loss would be NaN: nothing to learn from
+            raise ValueError(f"train.max_len={config.max_len} is shorter than every prompt, so no target token is "
+                             "left to learn; raise train.max_len")
+        if cut:
+            log.warning("%d of %d rows are longer than train.max_len=%d and teach nothing", cut, len(encoded),
+                        config.max_len)
         per_epoch = math.ceil(len(encoded) / config.batch_size)
         total = max(1, math.ceil(per_epoch * config.epochs))
         if config.max_steps:

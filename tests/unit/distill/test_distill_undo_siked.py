@@ -170,3 +170,6 @@ def test_an_interrupted_fine_tuning_resumes_exactly_where_it_stopped(tmp_path: P
         student.finetune(rows, tmp_path / "cut", config, on_checkpoint=killed)
     resumed = student.finetune(rows, tmp_path / "cut", config)
     assert resumed.resumed_from == 1 and resumed.losses == whole.losses  # same batches, same dropout, same loss
+
+    with pytest.raises(ValueError, match="train.max_len=16 is shorter than every prompt"):
+        student.finetune(rows, tmp_path / "cut-short", config.model_copy(update={"max_len": 16}))
