@@ -11,7 +11,8 @@ than the same number with cross_model in it. At fit time each subset S of a grou
 fitted on the rows where every judge of S ran, using only S (what the service will see when only S runs).
 
 Weights: ω = softmax(θ), fitted jointly with a Platt map by minimising the log-loss on the fit rows (L-BFGS,
-a small L2 on θ); weights under 1% are dropped. Map: isotonic or Platt, whichever has the lower 5-fold
+a small L2 on θ); weights under 1% are dropped. With fewer than 10 rows of the rarer outcome per judge (a
+small live set, a model that is almost always wrong) the weights stay uniform and only the map is fitted. Map: isotonic or Platt, whichever has the lower 5-fold
 cross-validated Brier score on the fit rows ("auto"), or the one asked for.
 
 The artefact is JSON, format `escalon.judge-calibration/v1` (see `Calibration.to_json`). The judge service
@@ -38,6 +39,7 @@ FORMAT = "escalon.judge-calibration/v1"
 ANY = "*"
 CLIP = (0.005, 0.995)  # a fitted map never claims certainty: a bin of 30 right answers is not proof
 MAX_SUBSET_JUDGES = 8  # 2^8 − 1 subsets per group at most
+EVENTS_PER_WEIGHT = 10  # the usual rule for logistic fits: ≥ 10 rows of the rarer outcome per fitted weight
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,9 @@ def fit_weights(rows: Sequence[Row], judges: Sequence[str], *, weighting: str = 
     judges = list(judges)
     k = len(judges)
     if k == 1 or weighting == "uniform":
+        return {j: 1.0 / k for j in judges}
+    events = min(sum(r.correct >= 0.5 for r in rows), sum(r.correct < 0.5 for r in rows))
+    if events < EVENTS_PER_WEIGHT * k:  # too few of the rarer outcome to fit k weights: they would fit noise
         return {j: 1.0 / k for j in judges}
     s = np.array([[r.scores.get(j, 0.0) for j in judges] for r in rows], dtype=float)
     m = np.array([[j in r.scores for j in judges] for r in rows], dtype=float)

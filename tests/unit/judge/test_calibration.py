@@ -54,6 +54,17 @@ def test_weights_favour_the_informative_judge_and_the_panel_beats_the_plain_mean
     assert brier(panel, labels) < brier(mean, labels) and ece(panel, labels) < 0.05
 
 
+def test_too_few_rows_of_the_rarer_outcome_keep_the_weights_uniform():
+    from escalon.judge.calibration import fit_weights
+
+    rows = _rows(1500, 3)
+    rare = [r for r in rows if r.correct][:25] + [r for r in rows if not r.correct][:200]  # 25 < 10 × 3 judges
+    assert fit_weights(rare, ["good", "noise", "sometimes"]) == pytest.approx(
+        {"good": 1 / 3, "noise": 1 / 3, "sometimes": 1 / 3})
+    enough = [r for r in rows if r.correct][:40] + [r for r in rows if not r.correct][:200]
+    assert fit_weights(enough, ["good", "noise", "sometimes"])["good"] > 0.5
+
+
 def test_each_set_of_judges_that_ran_gets_its_own_map_and_skipped_judges_are_not_faked():
     cal = fit_calibration(_rows(1500, 5), ["good", "noise", "sometimes"], min_rows=50)
     group = cal.by_key[("math", "small")]
