@@ -48,8 +48,9 @@ class MiniLMEncoder:
     name = MINILM
     dim = 384
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
         self.batch_size = batch_size
+        self.threads = threads  # the router embeds one query per call: one intra-op thread avoids contention
         self._model = None
         self._lock = threading.Lock()
 
@@ -60,6 +61,10 @@ class MiniLMEncoder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
 
+                if self.threads:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
                 self._model = SentenceTransformer(str(minilm_folder()), device="cpu")
         return self._model
 
@@ -89,9 +94,9 @@ class HashingEncoder:
         return out / np.maximum(norms, 1e-9)
 
 
-def make_encoder(name: str) -> Encoder:
+def make_encoder(name: str, threads: int | None = None) -> Encoder:
     if name == MINILM:
-        return MiniLMEncoder()
+        return MiniLMEncoder(threads=threads)
     if name == HashingEncoder.name:
         return HashingEncoder()
     raise ConfigError(f"unknown encoder {name!r}; known: {MINILM}, {HashingEncoder.name}")

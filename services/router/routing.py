@@ -174,7 +174,7 @@ class ArtefactPolicy:
         from escalon.router.embedding import make_encoder
 
         self.live = live
-        self.encoder_factory = encoder_factory or make_encoder
+        self.encoder_factory = encoder_factory or (lambda name: make_encoder(name, threads=1))
         self._encoders: dict[str, object] = {}
         self._policy: HybridPolicy | None = None
         self.current()

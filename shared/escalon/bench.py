@@ -132,6 +132,7 @@ async def run_bench(requests: int = 1000, concurrencies: tuple[int, ...] = (1, 1
                 query = RouteQuery(DEMO_PROMPT, 0.7)
                 figures.append(measure_sync(f"decision: {policy.name} plan()",
                                             lambda: policy.plan(query, catalogue, catalogue.names), requests=requests))
+                figures.extend(hybrid_decision_figures(Path(scratch), requests))
 
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 request = router_pb2.RouteRequest(prompt=DEMO_PROMPT, answer_type=AnswerType.ANSWER_TYPE_NUMBER)
@@ -147,6 +148,35 @@ async def run_bench(requests: int = 1000, concurrencies: tuple[int, ...] = (1, 1
     for f in figures:
         f.ratio_to_floor = f.p50_ms / floor
     return figures
+
+
+def hybrid_decision_figures(scratch: Path, requests: int) -> list[Figure]:
+    """The trained router's decision (embed + classify + select): with $ESCALON_ROUTER_ARTEFACT when set, else
+    an artefact trained here on the synthetic benchmark, with the MiniLM encoder (the embedding dominates)."""
+    from escalon.router.artefact import LiveArtefact
+    from escalon.router.evaluation import evaluate
+    from escalon.registry import Catalogue, Rung
+    from escalon.router.policy import RouteQuery
+    from escalon.router.routing import ArtefactPolicy
+    from escalon.router.synthetic import write_synthetic
+
+    folder = os.environ.get("ESCALON_ROUTER_ARTEFACT")
+    if not folder:
+        path = write_synthetic(scratch / "synthetic" / "benchmark.parquet")
+        folder = scratch / "synthetic" / "artefact"
+        evaluate(path, policies=["hybrid"], cache_dir=scratch / "embeddings", artefact_dir=folder)
+    live = LiveArtefact(folder)
+    policy = ArtefactPolicy(live)
+    model = live.current().model
+    rungs = model.rungs
+    catalogue = Catalogue(rungs=[Rung(name=r, family=f, backend="replay", model=r, benchmark=scratch / "unused",
+                                      price={"input_per_1m": 1.0, "output_per_1m": 1.0})
+                                 for r, f in zip(rungs, model.families)])
+    prompts = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(3, 3000, 7), range(11, 9000, 13))]
+    it = iter(range(10**9))
+    label = f"decision: hybrid+cascade plan() ({model.encoder}, {len(model.memory)} examples)"
+    return [measure_sync(label, lambda: policy.plan(RouteQuery(prompts[next(it) % len(prompts)], 0.7), catalogue,
+                                                     rungs), requests=max(50, requests // 5))]
 
 
 async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *, rate_rps: float,
