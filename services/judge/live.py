@@ -411,6 +411,10 @@ def _report(config: LiveConfig, rung: Rung, questions, per_n, rows, timing) -> d
         raw = next(r for r in rows if r["samples"] == n and r["group"] == "all" and r["judge"] == "panel" and not r["calibrated"])
         cons = {j: next((r for r in rows if r["samples"] == n and r["group"] == "all" and r["judge"] == j and r["calibrated"]),
                         None) for j in ("agreement", "fsd", "entropy")}
+        # raw scores rank as they are; on a small set the cross-fitted maps differ fold to fold, which can cost
+        # the pooled predictions their ranking, so the raw AUROC is the one to read for "does it separate"
+        cons_raw = {j: next((r for r in rows if r["samples"] == n and r["group"] == "all" and r["judge"] == j
+                             and not r["calibrated"]), None) for j in ("agreement", "fsd", "entropy")}
         summary.append({
             "n": n, "majority_accuracy": entry["majority_accuracy"], "borda_accuracy": entry["borda_accuracy"],
             "invalid_share": entry["invalid_share"],
@@ -418,6 +422,8 @@ def _report(config: LiveConfig, rung: Rung, questions, per_n, rows, timing) -> d
             "panel_calibrated": {m: panel[m] for m in ("brier", "ece", "auroc")},
             "consistency_calibrated": {j: ({m: r[m] for m in ("brier", "ece", "auroc", "coverage")} if r else None)
                                        for j, r in cons.items()},
+            "consistency_raw": {j: ({m: r[m] for m in ("brier", "ece", "auroc", "coverage")} if r else None)
+                                for j, r in cons_raw.items()},
             "extra_output_tokens_per_query": entry["extra_tokens"],
             "judge_cost_usd_per_query": panel["judge_cost_usd_per_query"],
             "generation_seconds_per_query": timing.get(n),
@@ -436,19 +442,29 @@ def _markdown(report: dict[str, Any]) -> str:
            f"answer equals the gold. Calibration {report['folds']}-fold cross-fitted by question (Platt maps; no "
            f"answer's label is used to predict it). P(True) judge rung: {report['judge_rung'] or 'none'}.", "",
            "## Summary by n", "",
-           "| n | majority acc. | SC-Borda acc. | invalid | panel Brier raw → cal | panel ECE raw → cal | panel AUROC cal | "
-           "agreement AUROC | fsd AUROC | extra tokens/query | judge $/query | seconds/query (n samples) |",
+           "| n | majority acc. | SC-Borda acc. | invalid | panel Brier raw → cal | panel ECE raw → cal | panel AUROC "
+           "raw → cal | agreement AUROC raw → cal | fsd AUROC raw → cal | extra tokens/query | judge $/query | "
+           "seconds/query (n samples) |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def auroc_pair(s: dict, judge: str) -> str:
+        raw, cal = s["consistency_raw"][judge], s["consistency_calibrated"][judge]
+        if not (raw and raw["coverage"]):
+            return "–"
+        return f"{fmt(raw['auroc'])} → {fmt(cal['auroc'] if cal else None)}"
+
     for s in report["summary"]:
-        c = s["consistency_calibrated"]
         out.append(
             f"| {s['n']} | {fmt(s['majority_accuracy'])} | {fmt(s['borda_accuracy'])} | {s['invalid_share']:.0%} | "
             f"{fmt(s['panel_raw']['brier'])} → {fmt(s['panel_calibrated']['brier'])} | "
-            f"{fmt(s['panel_raw']['ece'])} → {fmt(s['panel_calibrated']['ece'])} | {fmt(s['panel_calibrated']['auroc'])} | "
-            f"{fmt(c['agreement']['auroc']) if c['agreement'] and c['agreement']['coverage'] else '–'} | "
-            f"{fmt(c['fsd']['auroc']) if c['fsd'] and c['fsd']['coverage'] else '–'} | "
+            f"{fmt(s['panel_raw']['ece'])} → {fmt(s['panel_calibrated']['ece'])} | "
+            f"{fmt(s['panel_raw']['auroc'])} → {fmt(s['panel_calibrated']['auroc'])} | "
+            f"{auroc_pair(s, 'agreement')} | {auroc_pair(s, 'fsd')} | "
             f"{s['extra_output_tokens_per_query']:.0f} | {s['judge_cost_usd_per_query']:.2e} | "
             f"{fmt(s['generation_seconds_per_query'], 2)} |")
+    positives = min(round(s["majority_accuracy"] * report["questions"]) for s in report["summary"])
+    out += ["", f"Read with care: with {report['questions']} questions and as few as {positives} right majority "
+                "answers, one answer moves Brier and ECE by several points; the calibrated figures are cross-fitted "
+                "(each fold's map fitted on the others), and on a set this small those maps differ fold to fold."]
     if report["notes"]:
         out += ["", "**Notes:** " + " ".join(report["notes"])]
     for s in report["summary"]:

@@ -247,10 +247,12 @@ def build_report(items: list[Item], config: ReportConfig) -> dict[str, Any]:
             skipped_reasons[judge][reason] += 1
     comparison = [compare(pred, group, [k for k, i in enumerate(pred.items) if group == "all" or i.task == group],
                           judges) for group in ["all", *tasks]]
+    seen = [judges]
     for label, dropped in config.ablations:
         kept = [j for j in judges if j not in dropped]
-        if not kept or kept == judges:
+        if not kept or kept in seen:  # nothing left, or the same panel as one already shown
             continue
+        seen.append(kept)
         ablated = predict(fit, test, kept, min_rows=config.min_rows, method=config.method, weighting=config.weighting)
         for row in summarise(ablated, lambda i: ("all", f"{i.task}", f"{i.task} / {i.rung}")):
             if row["judge"] == "panel":
