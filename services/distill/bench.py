@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "task": "synthetic arithmetic word problems (2-3 steps), programmatic teacher program:arith",
         "student": "SmolLM2-135M-Instruct + LoRA",
         "items": report["items"],
+        "before_val": report["before"]["val_accuracy"],
         "before_test": report["before"]["test_accuracy"],
         "one_shot_test": report["one_shot"]["test_accuracy"],
         "rounds": [{"round": r["round"], "val": r["val_accuracy"], "test": r["test_accuracy"],
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_cost_usd": report["teacher_cost_usd"],
         "seconds": round(seconds, 1),
         "artefacts": report["artefacts"],
-        "config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "command", "suite", "requests")},
     }
     return figures
 
@@ -131,7 +132,7 @@ def render(f: dict[str, Any]) -> str:
         f"items: {f['items']['train']} train, {f['items']['val']} val, {f['items']['test']} held-out test",
         "",
         f"{'stage':<28} {'val':>7} {'test':>7} {'steps':>6} {'train s':>8}  refined(kept)",
-        f"{'before distillation':<28} {'':>7} {100 * f['before_test']:>6.1f}%",
+        f"{'before distillation':<28} {100 * f['before_val']:>6.1f}% {100 * f['before_test']:>6.1f}%",
     ]
     for r in f["rounds"]:
         label = "one-shot (round 0)" if r["round"] == 0 else f"UNDO round {r['round']}"
