@@ -142,9 +142,17 @@ class RungTeacher:
     def _call(self, backend: Any, rung: Rung, prompt: str) -> TeacherAnswer:
         from escalon.serving.backends import GenerateParams
 
-        result = self._loop.run_until_complete(
-            backend.generate(GenerateParams(prompt=prompt, max_tokens=min(self.max_tokens, rung.max_tokens * 4),
-                                            temperature=0.0, seed=0)))
+        try:
+            result = self._loop.run_until_complete(
+                backend.generate(GenerateParams(prompt=prompt, max_tokens=min(self.max_tokens, rung.max_tokens * 4),
+                                                temperature=0.0, seed=0)))
+        except RungUnavailable as exc:
+            from escalon.distill.jobs.base import TransientJobError  # here: the jobs package imports this module
+
+            if rung.backend == "replay":  # not in the recording: a fact, not an outage (refine falls back)
+                raise
+            # An endpoint down or a model that failed: retried with backoff; the job resumes at its checkpoint.
+            raise TransientJobError(f"teacher {rung.name} unavailable: {exc}") from exc
         cost = result.cost_usd if result.cost_usd is not None else rung.cost(result.input_tokens, result.output_tokens)
         return TeacherAnswer(result.samples[0].text, cost_usd=cost, source="teacher",
                              input_tokens=result.input_tokens, output_tokens=result.output_tokens)

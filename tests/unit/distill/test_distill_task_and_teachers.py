@@ -185,3 +185,72 @@ def test_a_cancelled_undo_job_stops_at_its_next_checkpoint(
     from escalon.distill.training.data import read_jsonl
 
     assert len(read_jsonl(tmp_path / "job" / "teacher.jsonl")) == 3
+
+
+class _FakeProvider:
+    """An OpenAI-compatible endpoint on 127.0.0.1 (a remote provider cannot be reached from here: the one thing
+    mocked). It answers every chat completion with a fixed rationale and records the prompts it got."""
+
+    def __init__(self, answer: str) -> None:
+        import http.server
+        import threading
+
+        prompts = self.prompts = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompts.append(body["messages"][-1]["content"])
+                payload = json.dumps({"object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_openai_compatible_teacher_gets_the_refine_prompt_and_an_outage_is_transient(tmp_path: Path) -> None:
+    import socket
+
+    from escalon.distill.jobs import TransientJobError
+
+    spec = {"template": "bags", "who": "Leo", "thing": "cards", "a": 18, "b": 3, "c": 18}
+    item = Item("x", arith.problem(spec)[0], "72", meta={"arith": spec})
+    provider = _FakeProvider("3 x 18 = 54. 18 + 54 = 72. #### 72")
+    rung = Rung(name="remote", family="openai", backend="openai", model="gpt-test", base_url=provider.base_url,
+                price={"input_per_1m": 1.0, "output_per_1m": 2.0}, timeout_s=5)
+    teacher = RungTeacher(rung, models_dir=tmp_path, catalogue=Catalogue(rungs=[rung]))
+    try:
+        solved = teacher.solve(item)
+        assert is_correct(solved.text, item) and solved.cost_usd == pytest.approx((100 * 1.0 + 20 * 2.0) / 1e6)
+        refined = teacher.refine(item, [solved.text], "3 + 18 = 21. #### 39", 0.0, [("other question", "#### 5")])
+        assert refined.source == "teacher" and is_correct(refined.text, item)
+        refine_prompt = provider.prompts[-1]
+        assert item.prompt in refine_prompt and "#### 39" in refine_prompt and solved.text in refine_prompt
+        assert "other question" in refine_prompt  # similar validation errors are shown too
+    finally:
+        teacher.close()
+        provider.close()
+
+    with socket.socket() as s:  # a port nobody listens on: the endpoint is down
+        s.bind(("127.0.0.1", 0))
+        down = rung.model_copy(update={"base_url": f"http://127.0.0.1:{s.getsockname()[1]}/v1"})
+    teacher = RungTeacher(down, models_dir=tmp_path, catalogue=Catalogue(rungs=[down]))
+    try:
+        with pytest.raises(TransientJobError, match="teacher remote unavailable"):  # retried, not failed
+            teacher.solve(item)
+    finally:
+        teacher.close()
