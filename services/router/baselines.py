@@ -71,9 +71,11 @@ class AnswerScorer:
 
 
 def frugal_points(ladder: list[int], g: np.ndarray, answered: np.ndarray, scores: np.ndarray,
-                  costs: np.ndarray, thresholds=FRUGAL_THRESHOLDS) -> list[tuple[float, float, float]]:
-    """g [n, R] scorer outputs (NaN where no answer); a rung without a recorded answer is skipped unpaid,
-    as a replay rung would be; a query whose ladder has no answer at all takes its last rung's recording."""
+                  costs: np.ndarray, thresholds=FRUGAL_THRESHOLDS,
+                  prior: np.ndarray | None = None) -> list[tuple[float, float, float]]:
+    """g [n, R] scorer outputs (NaN where no answer). A query without any recorded answer cannot be scored:
+    its rung is the first on the ladder whose training accuracy (`prior`) reaches τ, else the last — the
+    cascade with a constant scorer; on queries with answers, a rung without one is skipped unpaid."""
     points = []
     n = len(scores)
     for tau in thresholds:
@@ -87,7 +89,9 @@ def frugal_points(ladder: list[int], g: np.ndarray, answered: np.ndarray, scores
                 if g[q, r] >= tau:
                     break
             if chosen is None:
-                chosen, spent = ladder[-1], costs[q, ladder[-1]]
+                ok = [r for r in ladder if prior is not None and prior[r] >= tau]
+                chosen = ok[0] if ok else ladder[-1]
+                spent = costs[q, chosen]
             got[q], paid[q] = scores[q, chosen], spent
         points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
     return points

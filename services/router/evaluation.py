@@ -316,10 +316,11 @@ def frugal_result(ctx: Context, enc, cache_dir, progress: Progress) -> PolicyRes
     stats = {j: (float(np.nanmean(train_costs[:, j])), float(np.nanmean(train_scores[:, j]))) for j in range(R)}
     ladder = [j for j in sorted(stats, key=lambda j: stats[j]) if (stats[j][0], stats[j][1]) in
               frontier(list(stats.values()))]
-    pts = baselines.frugal_points(ladder, g, test_ok, ctx.scores, ctx.costs)
+    prior = np.array([stats[j][1] for j in range(R)])
+    pts = baselines.frugal_points(ladder, g, test_ok, ctx.scores, ctx.costs, prior=prior)
     return PolicyResult("frugalgpt", pts, list(baselines.FRUGAL_THRESHOLDS), "tau",
-                        f"ladder {' → '.join(bench.models[j] for j in ladder)}; answers without a recording "
-                        "are skipped")
+                        f"ladder {' → '.join(bench.models[j] for j in ladder)}; a rung without a recorded answer "
+                        "is skipped; a query without any is routed by the rungs' training accuracy vs τ")
 
 
 def build_report(ctx: Context, results: list[PolicyResult], singles, uniform_cost: bool) -> dict:

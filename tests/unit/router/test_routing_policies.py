@@ -135,3 +135,18 @@ def test_benchmarks_without_responses_or_prices_are_reported_not_crashed(tmp_pat
     assert "no recorded responses" in notes and "same" in notes and report["uniform_cost"]
     assert not report["policies"]["frugalgpt"]["applicable"]
     assert all(pt["calls_per_query"] == 1.0 for pt in report["policies"]["hybrid+cascade"]["points"])
+
+
+def test_the_frugal_cascade_pays_for_every_rung_it_tries():
+    from escalon.router.baselines import frugal_points
+
+    scores = np.array([[1.0, 1.0], [0.0, 1.0]])
+    costs = np.array([[1.0, 10.0], [1.0, 10.0]])
+    g = np.array([[0.9, 0.5], [0.2, 0.5]])  # the scorer trusts the first answer of query 0 only
+    answered = np.ones((2, 2), dtype=bool)
+    (cost, quality, calls), = frugal_points([0, 1], g, answered, scores, costs, thresholds=(0.5,))
+    assert (cost, quality, calls) == (pytest.approx((1 + 11) / 2), 1.0, 1.5)
+    # without recorded answers a query goes to the first rung whose training accuracy reaches τ
+    (cost, quality, _), = frugal_points([0, 1], g, np.zeros((2, 2), bool), scores, costs, thresholds=(0.5,),
+                                        prior=np.array([0.6, 0.9]))
+    assert (cost, quality) == (1.0, 0.5)
