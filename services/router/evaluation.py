@@ -192,10 +192,11 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
         notes.append(f"test sample of {max_test} prompts (--max-test)")
     if not len(test) or len(train) < 10:
         raise ConfigError(f"{bench.path}: {len(train)} training and {len(test)} complete test prompts; need ≥ 10 and ≥ 1")
-    uniform_cost = bool(np.nanmax(bench.costs) - np.nanmin(bench.costs) <= 1e-15)
+    spread = np.nanmax(bench.costs, axis=1) - np.nanmin(bench.costs, axis=1)
+    uniform_cost = bool(np.nanmax(spread) <= 1e-15)
     if uniform_cost:
-        notes.append("every call costs the same here (no per-model prices): quality-only routing; cost = calls × "
-                     f"${np.nanmax(bench.costs):.6g}, so cascades pay for every rung they try")
+        notes.append("every model costs the same on each prompt (no per-model prices): quality-only routing; "
+                     "AIQ is the quality at one call's cost, and cascades pay for every rung they try")
     if not bench.has_responses():
         notes.append("no recorded responses: answer-based judges (cross-model agreement, sample consistency) "
                      "cannot run, so hybrid+cascade routes with one call per query and FrugalGPT is not applicable")
