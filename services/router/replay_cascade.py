@@ -71,7 +71,15 @@ def run_plans(cascade: Cascade, queries: list[RouteQuery], plans: list[RoutePlan
     async def go():
         return [await cascade.run(q, p) for q, p in zip(queries, plans)]
 
-    return asyncio.run(go())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(go())
+    # called from async code (e.g. escalon bench): run the sweep on its own loop in a worker thread
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
 
 
 FEATURE_JUDGES = ("agreement", "entropy", "fsd", "cross_model", "predicted_success")
