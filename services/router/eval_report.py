@@ -68,7 +68,7 @@ def plot_frontiers(report: dict, path: Path) -> None:
             continue
         pts = sorted((pt["cost_usd"], pt["quality"]) for pt in p["points"])
         ax.scatter([c for c, _ in pts], [q for _, q in pts], s=8, color=color, alpha=0.35)
-        hull = p["hull"]
+        hull = _dense(p["hull"])  # straight in linear cost, so it stays right on a log axis
         ax.plot([c for c, _ in hull], [q for _, q in hull], line, color=color, lw=width,
                 label=f"{name} (AIQ {p['aiq']:.3f})")
     for name, p in report["policies"].items():
@@ -94,6 +94,13 @@ def plot_frontiers(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _dense(hull: list, per_segment: int = 40) -> list:
+    out = [tuple(hull[0])]
+    for (x1, y1), (x2, y2) in zip(hull, hull[1:]):
+        out += [(x1 + (x2 - x1) * t, y1 + (y2 - y1) * t) for t in (i / per_segment for i in range(1, per_segment + 1))]
+    return out
 
 
 def write_report(report: dict, out: Path | str) -> dict[str, Path]:
