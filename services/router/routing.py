@@ -119,8 +119,14 @@ class HybridPolicy:
         x, pred = self.predict(query.prompt)
         success, cost, families = self._columns(pred, catalogue, rungs, query.prompt)
         lam = lambda_for_threshold(query.threshold)
+        allowed = None
+        if query.max_cost_usd is not None:  # leave out rungs whose one answer could already exceed the budget
+            tokens = estimate_tokens(query.prompt)
+            fits = np.array([catalogue.get(n).cost(tokens, query.max_tokens or catalogue.get(n).max_tokens)
+                             <= query.max_cost_usd for n in rungs])
+            allowed = fits if fits.any() else None  # none fits: the cascade refuses with a clear error
         choice = build_plan(success, cost, lam, self.model.cost_scale, families, self.probe and len(rungs) > 1,
-                            weights=self.judge_weights)
+                            allowed=allowed, weights=self.judge_weights)
         path = "taxonomy" if pred.familiar[0] else "learned"
         names = tuple(rungs[r] for r in choice.rungs)
         reason = (f"{path} path ({pred.why(0, self.model)}); λ={lam:.4g} from τ={query.threshold:.2f}: target "

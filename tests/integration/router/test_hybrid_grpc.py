@@ -94,3 +94,16 @@ async def test_a_router_with_a_missing_artefact_does_not_start(tmp_path):
     with pytest.raises(ConfigError, match="ESCALON_ROUTER_ARTEFACT"):
         await RouterService(settings, replay_catalogue(load_benchmark(write_synthetic(tmp_path / "b.parquet", n=30))
                                                        )).start()
+
+
+async def test_a_budget_keeps_the_plan_to_rungs_that_fit(trained):
+    folder, bench, catalogue = trained
+    policy = ArtefactPolicy(LiveArtefact(folder / "artefact"))
+    prompt = bench.prompts.loc[bench.test_idx[0], "prompt"]
+    cheapest = min(catalogue.rungs, key=lambda r: r.cost(10, r.max_tokens))
+    budget = cheapest.cost(len(prompt) // 4, cheapest.max_tokens) * 1.01
+    plan = policy.plan(RouteQuery(prompt=prompt, threshold=0.99, max_cost_usd=budget), catalogue, catalogue.names)
+    assert plan.rungs == (cheapest.name,)
+    result = await in_process_cascade(catalogue).run(RouteQuery(prompt=prompt, threshold=0.99, max_cost_usd=budget),
+                                                     plan)
+    assert result.total_cost_usd <= budget
