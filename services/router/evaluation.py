@@ -1,9 +1,10 @@
 """The evaluation harness behind `escalon eval`: train every policy on split=train, measure it on split=test.
 
 Steps: load the benchmark (any file in the shared routing format), embed every prompt once (disk cache), fit
-the routing model on train (familiarity thresholds tuned on a development slice of train), fit the judge
-weights and decide whether the cascade probes on that slice, then trace each policy's cost–quality points
-on the test prompts answered by every model, and summarise them against the best single model.
+the routing model on train (familiarity thresholds tuned on out-of-fold predictions of train), fit the judge
+weights and decide whether the cascade probes on held-out training prompts, then trace each policy's
+cost–quality points on the test prompts answered by every model, and summarise them against the best single
+model.
 
 Nothing on the test split picks anything: thresholds, weights, the probe decision and every λ are fixed
 before the test rows are read; each policy reports all its operating points, and the metrics (AIQ, quality
