@@ -83,6 +83,26 @@ class Context:
         return self.bench.costs[self.test]
 
 
+def keep_models_for_test(bench: Benchmark, notes: list[str], min_complete: float = 0.5) -> Benchmark:
+    """Policies are compared on test prompts every model answered. On a sparse benchmark, drop the models
+    missing most often on test until at least `min_complete` of the test prompts are complete (≥ 2 models)."""
+    keep = list(range(len(bench.models)))
+    test = bench.test_idx
+    observed = ~np.isnan(bench.scores[test]) & ~np.isnan(bench.costs[test])
+    dropped = []
+    while len(keep) > 2 and observed[:, keep].all(axis=1).mean() < min_complete:
+        worst = min(keep, key=lambda j: observed[:, j].sum())
+        keep.remove(worst)
+        dropped.append(bench.models[worst])
+    if not dropped:
+        return bench
+    notes.append(f"sparse benchmark: {', '.join(dropped)} left out so that most test prompts are answered by "
+                 "every remaining model")
+    responses = None if bench.responses is None else bench.responses[:, keep]
+    return Benchmark(bench.name, bench.path, bench.prompts, [bench.models[j] for j in keep], bench.scores[:, keep],
+                     bench.costs[:, keep], responses, bench.split_note, list(bench.notes))
+
+
 def answerable(bench: Benchmark, rows: np.ndarray) -> np.ndarray:
     if bench.responses is None:
         return np.zeros((len(rows), len(bench.models)), dtype=bool)
@@ -183,6 +203,7 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
     notes = [n for n in [bench.split_note, *bench.notes] if n]
     if len(bench.models) < 2:
         raise ConfigError(f"{bench.path} holds one model ({bench.models[0]}); routing needs at least two")
+    bench = keep_models_for_test(bench, notes)
     complete = ~np.isnan(bench.scores).any(axis=1) & ~np.isnan(bench.costs).any(axis=1)
     test = bench.test_idx[complete[bench.test_idx]]
     train = bench.train_idx

@@ -15,8 +15,9 @@ KNN_TEMPERATURE = 0.05
 
 
 def knn_success(x_train: np.ndarray, scores_train: np.ndarray, x: np.ndarray, k: int = KNN_K,
-                temperature: float = KNN_TEMPERATURE, chunk: int = 1024, leave_one_out: bool = False) -> np.ndarray:
-    """ŝ [n, R]; `leave_one_out` when x is x_train itself: a prompt is not its own neighbour."""
+                temperature: float = KNN_TEMPERATURE, chunk: int = 1024,
+                exclude: np.ndarray | None = None) -> np.ndarray:
+    """ŝ [n, R]; `exclude[i]`: the row of x_train that is query i itself (−1: none), never its own neighbour."""
     observed = ~np.isnan(scores_train)
     filled = np.where(observed, scores_train, 0.0)
     prior = np.where(observed.any(0), filled.sum(0) / np.maximum(observed.sum(0), 1), 0.5)
@@ -24,9 +25,10 @@ def knn_success(x_train: np.ndarray, scores_train: np.ndarray, x: np.ndarray, k:
     k = max(1, min(k, len(x_train)))
     for start in range(0, len(x), chunk):
         sims = x[start:start + chunk] @ x_train.T
-        if leave_one_out:
-            rows = np.arange(sims.shape[0])
-            sims[rows, start + rows] = -np.inf
+        if exclude is not None:
+            own = exclude[start:start + chunk]
+            rows = np.flatnonzero(own >= 0)
+            sims[rows, own[rows]] = -np.inf
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         s = np.take_along_axis(sims, nearest, axis=1)
         w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)

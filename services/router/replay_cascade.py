@@ -63,8 +63,24 @@ class ReplayGenerator:
                           result.input_tokens, result.output_tokens)
 
 
+class CachedScorer:
+    """PanelScorer with a memory: a λ sweep asks the same question of the same answers many times; the panel
+    is deterministic, so a repeated call returns the first call's Judgement unchanged."""
+
+    def __init__(self, scorer: PanelScorer | None = None) -> None:
+        self.scorer = scorer or PanelScorer()
+        self._memo: dict = {}
+
+    async def score(self, prompt, candidates, references, answer_type, **signals):
+        key = (prompt, tuple(candidates), tuple(references), answer_type, signals.get("predicted_success"),
+               id(signals.get("weights")))
+        if key not in self._memo:
+            self._memo[key] = await self.scorer.score(prompt, candidates, references, answer_type, **signals)
+        return self._memo[key]
+
+
 def in_process_cascade(catalogue: Catalogue) -> Cascade:
-    return Cascade(catalogue, ReplayGenerator(catalogue), PanelScorer(), SamplingConfig(remote_samples=1))
+    return Cascade(catalogue, ReplayGenerator(catalogue), CachedScorer(), SamplingConfig(remote_samples=1))
 
 
 def run_plans(cascade: Cascade, queries: list[RouteQuery], plans: list[RoutePlan]) -> list[CascadeResult]:

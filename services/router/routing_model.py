@@ -31,6 +31,7 @@ LAMBDAS = (0.0, *np.round(np.geomspace(1e-3, 30.0, 36), 6).tolist(), 1e3)
 MIN_TOP_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 2.0)  # 0: always taxonomy; 2: always learned
 MIN_COSINE_GRID = (0.0, 0.6, 0.75, 0.85)
 MIN_MARGIN = 0.2
+MEMORY_LIMIT = 20_000  # training prompts kept for the neighbour estimate (and the artefact's size)
 TAXONOMY_WEIGHT_GRID = (1.0, 0.75, 0.5, 0.25)
 
 
@@ -170,13 +171,19 @@ def _fit_parts(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.n
     p_task, p_cx = taxonomy.task_proba(x), taxonomy.complexity_proba(x)
     phi = profile.phi(p_task, p_cx)
     h = np.hstack([x, p_task, p_cx]).astype(np.float32)
-    neighbours = knn_success(x, scores, x, leave_one_out=True)
+    # the neighbour memory: every training prompt up to MEMORY_LIMIT (a seeded sample beyond), leave-one-out
+    memory = np.arange(len(x))
+    if len(x) > MEMORY_LIMIT:
+        memory = np.sort(np.random.default_rng(seed).choice(len(x), MEMORY_LIMIT, replace=False))
+    own = np.full(len(x), -1)
+    own[memory] = np.arange(len(memory))
+    neighbours = knn_success(x[memory], scores[memory], x, exclude=own)
     predictor = SuccessPredictor.fit(h, phi, scores, rungs, seed=seed, neighbours=neighbours)
     intercept, slope = fit_cost_model(chars, costs)
     observed = ~np.isnan(scores)
     scale = _cost_scale(scores, costs)
     return RoutingModel(encoder, list(rungs), list(families), task_names, taxonomy, profile, predictor, intercept,
-                        slope, scale, x.astype(np.float16), scores.astype(np.float16),
+                        slope, scale, x[memory].astype(np.float16), scores[memory].astype(np.float16),
                         mean_success=float(np.nanmean(scores)) if observed.any() else 0.5)
 
 

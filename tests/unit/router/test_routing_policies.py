@@ -150,3 +150,15 @@ def test_the_frugal_cascade_pays_for_every_rung_it_tries():
     (cost, quality, _), = frugal_points([0, 1], g, np.zeros((2, 2), bool), scores, costs, thresholds=(0.5,),
                                         prior=np.array([0.6, 0.9]))
     assert (cost, quality) == (1.0, 0.5)
+
+
+def test_a_sparse_benchmark_leaves_out_the_model_missing_on_test(tmp_path):
+    from escalon.router.synthetic import synthetic_frame
+
+    frame = synthetic_frame(n=90)
+    sparse = (frame["model"] == "otherlab/mid") & (frame["split"] == "test") & (frame.index % 5 != 0)
+    path = tmp_path / "sparse.parquet"
+    frame[~sparse].to_parquet(path)
+    report = evaluate(path, encoder=HASHING, cache_dir=None, policies=["single", "hybrid"])
+    assert report["models"] == ["bigcorp/large", "cheapco/small"]
+    assert any("otherlab/mid left out" in n for n in report["notes"]) and report["test_prompts"] == 27
