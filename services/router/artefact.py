@@ -70,6 +70,7 @@ def write_artefact(folder: Path | str, model: RoutingModel, judge_weights: Judge
                      "domain_names": tax.domain_names},
         "profile": {"rungs": prof.rungs, "tasks": prof.tasks},
         "familiarity": vars(model.familiarity), "cost_scale": model.cost_scale, "mean_success": model.mean_success,
+        "models": model.models,
         "judge_weights": judge_weights.to_dict() if judge_weights else None, "probe": probe,
     }
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -110,7 +111,7 @@ def load_artefact(folder: Path | str, *, field: str = ENV) -> Artefact:
         model = RoutingModel(meta["encoder"], list(meta["rungs"]), list(meta["families"]), list(meta["tasks"]),
                              taxonomy, profile, predictor, a["cost.intercept"], a["cost.slope"],
                              float(meta["cost_scale"]), a["memory"], a["memory_scores"], Familiarity(**meta["familiarity"]),
-                             float(meta["mean_success"]))
+                             float(meta["mean_success"]), list(meta.get("models", [])))
         weights = JudgeWeights.from_dict(meta["judge_weights"]) if meta.get("judge_weights") else None
         if weights is not None and not weights.version:
             weights = JudgeWeights(weights.bias, weights.weights, manifest["version"])

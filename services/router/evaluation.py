@@ -233,6 +233,7 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
     model, dev = fit_routing_model(x[train], chars[train], bench.tasks[train], bench.scores[train],
                                    bench.costs[train], rungs, families, enc.name, seed=seed,
                                    progress=progress.step)
+    model.models = list(bench.models)
     pred = model.predict(x[test], chars[test])
     ctx = Context(bench, x, chars, train, test, model, pred, families, notes)
 

@@ -143,17 +143,20 @@ class HybridPolicy:
         )
 
     def _columns(self, pred: Prediction, catalogue: Catalogue, rungs: list[str], prompt: str):
-        """Success, cost and family per routed rung; a rung the artefact never saw gets the mean success and
-        its catalogue price (a rung added later is tried on its price until it has been profiled)."""
+        """Success, cost and family per routed rung, matched to the artefact's columns by rung name or by the
+        model it serves; a rung the artefact never saw gets the mean success and its catalogue price (a rung
+        added later is tried on its price until it has been profiled)."""
         hybrid = pred.hybrid[0]
         index = {name: i for i, name in enumerate(self.model.rungs)}
+        by_model = {model: i for i, model in enumerate(self.model.models)}
         success, cost, families = [], [], []
         tokens = estimate_tokens(prompt)
         for name in rungs:
             rung = catalogue.get(name)
-            if name in index:
-                success.append(hybrid[index[name]])
-                cost.append(pred.cost[0, index[name]])
+            column = index.get(name, by_model.get(rung.model))  # by rung name, else by the model it serves
+            if column is not None:
+                success.append(hybrid[column])
+                cost.append(pred.cost[0, column])
             else:
                 success.append(self.model.mean_success)
                 cost.append(rung.cost(tokens, rung.max_tokens))

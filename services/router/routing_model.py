@@ -97,6 +97,7 @@ class RoutingModel:
     memory_scores: np.ndarray  # [m, R] float16, NaN where unobserved
     familiarity: Familiarity = field(default_factory=Familiarity)
     mean_success: float = 0.5
+    models: list[str] = field(default_factory=list)  # the benchmark's model ids, column for column (rung aliases)
 
     def features(self, x: np.ndarray, p_task: np.ndarray, p_cx: np.ndarray) -> np.ndarray:
         return np.hstack([x, p_task, p_cx]).astype(np.float32)
