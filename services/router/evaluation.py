@@ -18,7 +18,7 @@ Benchmarks whose costs are all equal are quality-only: the report says so and co
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -41,7 +41,6 @@ class PlanChoice:
     rungs: tuple[int, ...]  # column indices, in the order the cascade tries them
     threshold: float
     target: int
-    path: str  # taxonomy | learned
 
 
 def best_case_confidence(weights: JudgeWeights | None, predicted: float, cross_model_possible: bool) -> float:
@@ -70,7 +69,7 @@ def build_plan(success: np.ndarray, cost: np.ndarray, lam: float, scale: float, 
     target = int(utility.argmax())
     escalation_value = float(success[target] - lam * cost[target] / scale)
     if not probe:
-        return PlanChoice((target,), 0.0, target, "")
+        return PlanChoice((target,), 0.0, target)
     cheaper = [r for r in np.argsort(-utility) if cost[r] < cost[target] and np.isfinite(utility[r])]
     probes: list[int] = []
     for r in cheaper:
@@ -84,8 +83,8 @@ def build_plan(success: np.ndarray, cost: np.ndarray, lam: float, scale: float, 
     reachable = [best_case_confidence(weights, float(success[r]), any(families[p] != families[r] for p in ordered[:k]))
                  >= threshold for k, r in enumerate(ordered)]
     if not any(reachable):
-        return PlanChoice((target,), 0.0, target, "")
-    return PlanChoice(tuple(ordered) + (target,), threshold, target, "")
+        return PlanChoice((target,), 0.0, target)
+    return PlanChoice(tuple(ordered) + (target,), threshold, target)
 
 
 def policy_success(policy: str, pred: Prediction) -> np.ndarray:
