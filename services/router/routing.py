@@ -23,6 +23,7 @@ import numpy as np
 
 from escalon.judge.panel import JudgeWeights
 from escalon.registry import Catalogue
+from escalon.router.embedding import require_encoder
 from escalon.router.policy import Label, RoutePlan, RouteQuery, estimate_tokens
 from escalon.router.routing_model import Prediction, RoutingModel
 from escalon.router.taxonomy import COMPLEXITY, answer_format
@@ -102,6 +103,7 @@ class HybridPolicy:
 
     def __init__(self, model: RoutingModel, encoder, judge_weights: JudgeWeights | None, probe: bool,
                  version: str = "") -> None:
+        require_encoder(model.encoder, encoder)
         self.model = model
         self.encoder = encoder
         self.judge_weights = judge_weights

