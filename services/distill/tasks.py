@@ -62,14 +62,7 @@ def register(app: DistillCelery) -> Any:
                 return forwarded.as_dict()
             return runner.execute(store, settings, job_id).as_dict()
         except runner.TRANSIENT_ERRORS as exc:
-            if self.request.retries >= self.max_retries:
-                _give_up(app, job_id, exc, self.request.retries)
-                raise
-            delay = runner.backoff_delay(self.request.retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
-            log.warning(
-                "job %s: %s: %s; retry %d in %.1fs", job_id, type(exc).__name__, exc, self.request.retries + 1, delay
-            )
-            raise self.retry(exc=exc, countdown=delay) from exc
+            _retry_or_give_up(self, job_id, exc)
 
     for kind_name in jobs.KINDS:
         _register_kind(app, kind_name)
@@ -104,11 +97,20 @@ def _register_kind(app: DistillCelery, kind_name: str) -> None:
                 store.mark_enqueued(job_id)  # its message is this one: the reaper must not publish another
             return runner.execute(store, settings, job_id).as_dict()
         except runner.TRANSIENT_ERRORS as exc:
-            if self.request.retries >= self.max_retries:
-                _give_up(app_, job_id, exc, self.request.retries)
-                raise
-            delay = runner.backoff_delay(self.request.retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
-            raise self.retry(exc=exc, countdown=delay) from exc
+            _retry_or_give_up(self, job_id, exc)
+
+
+def _retry_or_give_up(task: Any, job_id: str, exc: BaseException) -> None:
+    """A transient failure: retry the delivery with backoff, or after max_retries fail the job and re-raise."""
+    app: DistillCelery = task.app
+    settings = app.settings
+    retries = task.request.retries
+    if retries >= task.max_retries:
+        _give_up(app, job_id, exc, retries)
+        raise exc
+    delay = runner.backoff_delay(retries, settings.retry_backoff_s, settings.retry_backoff_max_s)
+    log.warning("job %s: %s: %s; retry %d in %.1fs", job_id, type(exc).__name__, exc, retries + 1, delay)
+    raise task.retry(exc=exc, countdown=delay) from exc
 
 
 def _give_up(app: DistillCelery, job_id: str, exc: BaseException, retries: int) -> None:
