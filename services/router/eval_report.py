@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROUTER_ORDER = ("hybrid+cascade", "hybrid", "learned", "taxonomy", "routellm-knn", "frugalgpt", "random-mix", "oracle")
+ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn", "frugalgpt", "random-mix", "oracle")
 
 
 def _usd(value: float | None) -> str:
@@ -43,7 +43,15 @@ def render_markdown(report: dict) -> str:
                    f"{_usd(p['cost_to_match_best_single_usd'])} | {'—' if pct is None else f'{pct:.1f}%'} | "
                    f"{'—' if calls is None else f'{calls:.2f}'} | {_pct(p['max_quality'])} | {len(p['points'])} |")
     ranking = report.get("aiq_ranking_non_oracle", [])
-    out += ["", f"Highest AIQ (oracle excluded): {', '.join(ranking[:3])}.", "", "## Notes", ""]
+    out += ["", f"Highest AIQ (oracle excluded): {', '.join(ranking[:3])}."]
+    if report.get("budget_sweep"):
+        out += ["", "## The budget knob (max_cost_usd per request)", "",
+                "| max cost | mean cost paid | quality | refused | answers over budget | dearest answer |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        for row in report["budget_sweep"]:
+            out.append(f"| {_usd(row['max_cost_usd'])} | {_usd(row['mean_cost_usd'])} | {_pct(row['quality'])} | "
+                       f"{_pct(row['refused_share'])} | {row['over_budget']} | {_usd(row['max_cost_usd_paid'])} |")
+    out += ["", "## Notes", ""]
     out += [f"- {n}" for n in report["notes"]]
     for name in names:
         note = report["policies"][name].get("note")
@@ -59,7 +67,8 @@ def plot_frontiers(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    styles = {"hybrid+cascade": ("C3", "-", 2.4), "hybrid": ("C1", "-", 1.6), "learned": ("C2", "--", 1.4),
+    styles = {"hybrid+cascade": ("C3", "-", 2.4), "hybrid+cascade@max-cost": ("C9", "-.", 1.4),
+              "hybrid": ("C1", "-", 1.6), "learned": ("C2", "--", 1.4),
               "taxonomy": ("C4", "--", 1.4), "routellm-knn": ("C5", ":", 1.6), "frugalgpt": ("C6", ":", 1.6),
               "random-mix": ("0.5", "-.", 1.2)}
     for name, (color, line, width) in styles.items():

@@ -36,7 +36,7 @@ from escalon.router.routing_model import LAMBDAS, Prediction, RoutingModel, choo
 
 FORMAT = "escalon.routing-evaluation/v1"
 ROUTERS = ("taxonomy", "learned", "hybrid", "hybrid+cascade")
-BASELINES = ("single", "random-mix", "oracle", "routellm-knn", "frugalgpt")
+BASELINES = ("single", "random-mix", "oracle", "routellm-knn", "routellm-mf", "frugalgpt")
 ALL_POLICIES = (*ROUTERS, *BASELINES)
 DEV_LAMBDAS = LAMBDAS[::3]
 DEV_CASCADE_SAMPLE = 1000  # training prompts with answers that fit the judge weights (as many decide probing)
@@ -179,6 +179,72 @@ def collect_attempts(model: RoutingModel, bench: Benchmark, rows: np.ndarray, su
     return out
 
 
+BUDGET_POINTS = 14
+BUDGET_MARGIN = 1.05  # over the worst recorded/predicted cost ratio on train
+
+
+def cost_headroom(costs: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per rung, how far recorded costs ran over the cost model on train (≥ 1), plus a margin: the factor
+    that makes a rung's price an upper bound, so a budget plan that fits is not exceeded in fact."""
+    ratio = np.where(~np.isnan(costs) & (predicted > 0), costs / np.maximum(predicted, 1e-30), np.nan)
+    worst = np.nanmax(np.where(np.isnan(ratio), 1.0, ratio), axis=0)
+    return np.maximum(worst, 1.0) * BUDGET_MARGIN
+
+
+def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tuple[PolicyResult, list[dict]]:
+    """hybrid+cascade driven by the other knob, a per-request budget (max_cost_usd), swept over budgets:
+    at each, the Router's own rule — rungs whose upper-bound cost exceeds the budget are left out, the best
+    predicted one is the target, probes run while the budget allows (the Cascade's check), and a query no
+    rung fits is refused (quality 0, as the API answers it with a clear error). Every answer's recorded cost
+    is checked against its budget."""
+    bench, model = ctx.bench, ctx.model
+    headroom = cost_headroom(bench.costs[ctx.train], model.predict_cost(ctx.chars[ctx.train]))
+    catalogue = replay_catalogue(bench, model.cost_intercept * headroom, model.cost_slope * headroom)
+    cascade = in_process_cascade(catalogue)
+    names = bench.rung_names()
+    texts = [bench.prompts["prompt"].iat[r] for r in ctx.test]
+    bound = np.array([[cascade.cost_bound(catalogue.get(n), RouteQuery(prompt=t, threshold=0.0)) for n in names]
+                      for t in texts])
+    can_answer = answerable(bench, ctx.test)
+    scores, costs = ctx.scores, ctx.costs
+    singles = costs.mean(axis=0)
+    budgets = np.geomspace(0.5 * singles.min(), 2.0 * singles.max(), BUDGET_POINTS)
+    points, sweep = [], []
+    for budget in progress.track(budgets, len(budgets), "hybrid+cascade: max-cost sweep"):
+        got, paid, calls = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros(len(texts))
+        fits = bound <= budget
+        queries, plans, where = [], [], []
+        for q in np.flatnonzero(fits.any(axis=1)):
+            usable = probe and (can_answer[q] & fits[q]).sum() >= 2
+            allowed = fits[q] & can_answer[q] if usable else fits[q]
+            choice = build_plan(ctx.pred.hybrid[q], ctx.pred.cost[q], 0.0, model.cost_scale, ctx.families, usable,
+                                allowed=allowed, weights=weights)
+            if len(choice.rungs) == 1:
+                r = choice.target
+                got[q], paid[q], calls[q] = scores[q, r], costs[q, r], 1
+                continue
+            queries.append(RouteQuery(prompt=texts[q], threshold=choice.threshold, max_cost_usd=float(budget)))
+            plans.append(RoutePlan(tuple(names[r] for r in choice.rungs), "hybrid+cascade", "evaluation",
+                                   choice.threshold,
+                                   predicted_success={names[r]: float(ctx.pred.hybrid[q, r]) for r in choice.rungs},
+                                   judge_weights=weights, min_agreeing_share=0.0 if weights else 2 / 3))
+            where.append(q)
+        for q, result in zip(where, run_plans(cascade, queries, plans) if plans else []):
+            r = names.index(result.rung)
+            got[q], paid[q] = scores[q, r], result.total_cost_usd
+            calls[q] = sum(1 for a in result.attempts if a.answered)
+        served = fits.any(axis=1)
+        points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
+        sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(paid.mean()), "quality": float(got.mean()),
+                      "refused_share": float(1 - served.mean()), "over_budget": int((paid > budget * (1 + 1e-9)).sum()),
+                      "max_cost_usd_paid": float(paid.max())})
+    over = sum(s["over_budget"] for s in sweep)
+    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; rung prices carry ×{headroom.max():.2f} "
+            f"headroom over the cost model (worst train overrun + 5%); recorded cost over the budget in {over} of "
+            f"{len(budgets) * len(texts)} (query, budget) answers")
+    return PolicyResult("hybrid+cascade@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
+
+
 def route_result(name: str, ctx: Context, success: np.ndarray, note: str = "") -> PolicyResult:
     observed = ~np.isnan(ctx.scores)
     rows = np.arange(len(ctx.test))
@@ -272,15 +338,26 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
         progress.step("routellm-knn: neighbours of every test prompt")
         knn = baselines.knn_success(x[train], bench.scores[train], x[test])
         results.append(route_result("routellm-knn", ctx, knn, f"k={baselines.KNN_K} cosine neighbours"))
+    if "routellm-mf" in policies:
+        progress.step("routellm-mf: fitting the matrix factorisation on train")
+        mf = baselines.MatrixFactorisation.fit(x[train], bench.scores[train], seed=seed)
+        results.append(route_result("routellm-mf", ctx, mf.predict(x[test]),
+                                    f"k={baselines.MF_DIM}, epochs={baselines.MF_EPOCHS}, L2 {baselines.MF_L2:g}, "
+                                    f"Adam lr {baselines.MF_LEARNING_RATE:g}, batches of {baselines.MF_BATCH} prompts"))
     if "hybrid+cascade" in policies:
         points, cascaded = cascade_points(model, bench, test, pred.hybrid, pred.cost, families, weights, probe,
                                           LAMBDAS, progress)
         results.append(PolicyResult("hybrid+cascade", points, list(LAMBDAS), "lambda",
                                     f"{cascaded} (query, λ) plans ran the judged cascade; {probe_note}"))
+    sweep = None
+    if "hybrid+cascade" in policies and not uniform_cost:
+        result, sweep = budget_result(ctx, weights, probe, progress)
+        results.append(result)
     if "frugalgpt" in policies:
         results.append(frugal_result(ctx, enc, cache_dir, progress))
 
     report = build_report(ctx, results, singles, uniform_cost)
+    report["budget_sweep"] = sweep
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["judge_weights"] = weights.to_dict() if weights else None
     report["familiarity"] = {k: v for k, v in vars(model.familiarity).items()}

@@ -11,8 +11,9 @@
                cosine ≥ min_cosine, cell profiled (ALGORITHMS.md §1). Familiar queries take Φ, others ŝ.
 
 `fit_routing_model` tunes the familiarity thresholds on a development slice of the training rows (never
-the test split): it fits on the rest, picks the thresholds whose routes give the best development AIQ, then
-refits every part on all training rows with those thresholds.
+the test split): it fits on the rest, picks the thresholds whose routes give the best development AIQ on one half of
+it — kept only when they beat always-learned on the other half by more than a standard error — then refits
+every part on all training rows with those thresholds.
 """
 
 from __future__ import annotations
@@ -218,14 +219,31 @@ def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(order[i::k]) for i in range(k)]
 
 
-def tune_familiarity(pred: Prediction, scores: np.ndarray, costs: np.ndarray, cost_scale: float) -> Familiarity:
-    """The thresholds whose hybrid routes give the best AIQ on out-of-fold predictions of the training rows."""
+def route_outcomes(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                   cost_scale: float, lambdas=LAMBDAS) -> tuple[np.ndarray, np.ndarray]:
+    """Per λ and query, the recorded (cost, score) of the rung one-call routing picks: [L, n] each."""
+    observed = ~np.isnan(scores)
+    rows = np.arange(len(scores))
+    picks = [choose(success, cost_pred, lam, cost_scale, observed) for lam in lambdas]
+    return np.array([costs[rows, p] for p in picks]), np.array([scores[rows, p] for p in picks])
+
+
+BOOTSTRAP = 200  # resamples behind the one-standard-error rule of the familiarity tuning
+
+
+def tune_familiarity(pred: Prediction, scores: np.ndarray, costs: np.ndarray, cost_scale: float,
+                     seed: int = 0) -> Familiarity:
+    """The thresholds whose hybrid routes give the best AIQ on out-of-fold predictions of the training rows,
+    kept only when the taxonomy path earns it: the thresholds are picked on one half of those rows and must
+    beat always-learned on the other half by more than one standard error (a paired bootstrap). Otherwise the
+    hybrid is always-learned: the best of many candidates on the tuning rows beats it by luck alone, and a
+    gain inside the noise is no evidence that the taxonomy path helps."""
     from escalon.router.metrics import aiq
 
     lo = float(np.nanmin(np.nanmean(costs, axis=0)))
     hi = float(np.nanmax(np.nanmean(costs, axis=0)))
-    best, best_value = Familiarity(), -np.inf
-    tried = []
+    halves = folds(len(scores), 2, seed)
+    candidates = []  # (Familiarity, success [n, R], label)
     for min_top in MIN_TOP_GRID:
         for min_cos in MIN_COSINE_GRID if 0 < min_top <= 1 else (0.0,):
             for alpha in TAXONOMY_WEIGHT_GRID if min_top <= 1 else (1.0,):
@@ -233,18 +251,54 @@ def tune_familiarity(pred: Prediction, scores: np.ndarray, costs: np.ndarray, co
                 familiar = familiar_mask(pred.p_task, pred.nearest, pred.profiled, f) if min_top > 0 else \
                     np.ones(len(scores), bool)
                 success = np.where(familiar[:, None], alpha * pred.phi + (1 - alpha) * pred.learned, pred.learned)
-                value = aiq(route_points(success, pred.cost, scores, costs, cost_scale), lo, hi)
-                kind = "always taxonomy" if min_top == 0 and alpha == 1 else "always learned" if min_top > 1 else \
+                label = "always taxonomy" if min_top == 0 and alpha == 1 else "always learned" if min_top > 1 else \
                     f"{familiar.mean():.0%} familiar, α={alpha:g}"
-                tried.append((value, kind))
-                if value > best_value + 1e-9:
-                    best, best_value = f, value
-                    best.why = kind
-    named = {k: v for v, k in tried if k in ("always taxonomy", "always learned")}
-    best.why = (f"tuned on out-of-fold predictions of {len(scores)} training prompts: AIQ {best_value:.4f} "
-                f"({best.why}; always taxonomy {named.get('always taxonomy', float('nan')):.4f}, always learned "
-                f"{named.get('always learned', float('nan')):.4f})")
-    return best
+                candidates.append((f, success, label))
+
+    def value(success, rows):
+        return aiq(route_points(success[rows], pred.cost[rows], scores[rows], costs[rows], cost_scale), lo, hi)
+
+    every = np.arange(len(scores))
+    named = {label: value(success, every) for _, success, label in candidates
+             if label in ("always taxonomy", "always learned")}
+    summary = (f"on all of them: always taxonomy {named.get('always taxonomy', float('nan')):.4f}, always learned "
+               f"{named.get('always learned', float('nan')):.4f}")
+    head = f"tuned on out-of-fold predictions of {len(scores)} training prompts"
+    learned = next(c for c in candidates if c[0].min_top > 1)
+    best = max(candidates, key=lambda c: value(c[1], halves[0]))  # first of equals: the grid's order
+    if best[0].min_top > 1:
+        best[0].why = f"{head}: always learned is best on the tuning half ({summary})"
+        return best[0]
+    gain, se = paired_aiq_gain(best[1][halves[1]], learned[1][halves[1]], pred.cost[halves[1]], scores[halves[1]],
+                               costs[halves[1]], cost_scale, lo, hi, seed)
+    picked = f"{best[2]}, AIQ {value(best[1], every):.4f}"
+    if gain <= se:
+        learned[0].why = (f"{head}: always learned — the best hybrid on the tuning half ({picked}) beats it on "
+                          f"the other half by {gain:+.4f}, within one standard error ({se:.4f}); {summary}")
+        return learned[0]
+    best[0].why = f"{head}: {picked}; +{gain:.4f} over always learned on the other half (SE {se:.4f}); {summary}"
+    return best[0]
+
+
+def paired_aiq_gain(success_a: np.ndarray, success_b: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray,
+                    costs: np.ndarray, cost_scale: float, lo: float, hi: float, seed: int = 0) -> tuple[float, float]:
+    """AIQ(a) − AIQ(b) on these rows, and its standard error over paired bootstrap resamples of the rows."""
+    from escalon.router.metrics import aiq
+
+    ca, qa = route_outcomes(success_a, cost_pred, scores, costs, cost_scale)
+    cb, qb = route_outcomes(success_b, cost_pred, scores, costs, cost_scale)
+
+    def value(c, q, rows):
+        return aiq(list(zip(c[:, rows].mean(axis=1), q[:, rows].mean(axis=1))), lo, hi)
+
+    every = np.arange(len(scores))
+    gain = value(ca, qa, every) - value(cb, qb, every)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(BOOTSTRAP):
+        rows = rng.integers(0, len(scores), len(scores))
+        draws.append(value(ca, qa, rows) - value(cb, qb, rows))
+    return float(gain), float(np.std(draws))
 
 
 @dataclass
@@ -276,7 +330,7 @@ def fit_routing_model(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, score
         pred = pred.rows(inverse)
         progress("tuning the hybrid's familiarity thresholds on the out-of-fold predictions")
         scale = _cost_scale(scores, costs)
-        familiarity = tune_familiarity(pred, scores, costs, scale)
+        familiarity = tune_familiarity(pred, scores, costs, scale, seed)
         pred.familiar = familiar_mask(pred.p_task, pred.nearest, pred.profiled, familiarity)
         pred.taxonomy_weight = familiarity.taxonomy_weight
         dev = DevSlice(np.arange(len(x)), pred)

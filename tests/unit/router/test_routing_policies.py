@@ -95,6 +95,19 @@ def test_the_harness_reports_every_policy_against_the_best_single_model(syntheti
     assert report["test_prompts"] == 45 and report["familiarity"]["why"]
 
 
+def test_the_budget_knob_is_never_exceeded_and_refuses_what_no_rung_fits(synthetic):
+    _, report = synthetic
+    sweep = report["budget_sweep"]
+    assert len(sweep) >= 10 and report["policies"]["hybrid+cascade@max-cost"]["knob"] == "max_cost_usd"
+    for row in sweep:
+        assert row["over_budget"] == 0 and row["max_cost_usd_paid"] <= row["max_cost_usd"] * (1 + 1e-9)
+    assert sweep[0]["refused_share"] == 1.0 and sweep[0]["quality"] == 0.0  # below the cheapest model's price
+    assert sweep[-1]["refused_share"] == 0.0
+    # a bigger budget buys at least as much quality, up to about the best single model's
+    qualities = [row["quality"] for row in sweep]
+    assert qualities[-1] >= report["best_single"]["quality"] - 0.1 and qualities[-1] > qualities[len(sweep) // 3]
+
+
 def test_the_artefact_round_trips_and_a_bad_one_names_the_variable(synthetic, tmp_path):
     folder, _ = synthetic
     artefact = load_artefact(folder / "artefact")
@@ -162,3 +175,31 @@ def test_a_sparse_benchmark_leaves_out_the_model_missing_on_test(tmp_path):
     report = evaluate(path, encoder=HASHING, cache_dir=None, policies=["single", "hybrid"])
     assert report["models"] == ["bigcorp/large", "cheapco/small"]
     assert any("otherlab/mid left out" in n for n in report["notes"]) and report["test_prompts"] == 27
+
+
+def _tuning_case(phi_informative: bool, n: int = 600, seed: int = 0):
+    """Two rungs, a cheap one right on half the queries (which half a confident taxonomy knows) and a dear
+    one always right; the learned estimate is a constant."""
+    from escalon.router.routing_model import Prediction
+
+    rng = np.random.default_rng(seed)
+    cheap_right = rng.random(n) < 0.5
+    scores = np.stack([cheap_right.astype(float), np.ones(n)], axis=1)
+    costs = np.tile([1.0, 10.0], (n, 1))
+    learned = np.tile([0.5, 0.9], (n, 1))
+    phi = np.stack([np.where(cheap_right, 0.95, 0.05), np.full(n, 0.9)], axis=1) if phi_informative else learned.copy()
+    p_task = np.tile([0.99, 0.01], (n, 1))
+    return Prediction(p_task, np.tile([1.0, 0.0, 0.0], (n, 1)), phi, learned, np.ones(n), np.ones(n, bool), costs,
+                      np.ones(n, bool)), scores, costs
+
+
+def test_the_hybrid_keeps_the_taxonomy_path_only_when_it_beats_always_learned_beyond_the_noise():
+    from escalon.router.routing_model import tune_familiarity
+
+    pred, scores, costs = _tuning_case(phi_informative=True)
+    chosen = tune_familiarity(pred, scores, costs, cost_scale=10.0)
+    assert chosen.min_top <= 1 and "over always learned on the other half" in chosen.why  # the taxonomy knows: kept
+    pred, scores, costs = _tuning_case(phi_informative=False)
+    pred.phi = pred.phi + np.random.default_rng(1).normal(0, 0.01, pred.phi.shape)  # no information, just noise
+    chosen = tune_familiarity(pred, scores, costs, cost_scale=10.0)
+    assert chosen.min_top > 1 and "always learned" in chosen.why
