@@ -51,6 +51,10 @@ class PromoteParams(JobParams):
     eval_batch_size: int = Field(default=16, ge=1, le=512, description="prompts decoded together (local rungs)")
     torch_threads: int | None = Field(default=None, ge=1, le=256, description="CPU threads (default: all)")
     catalogue: str | None = Field(default=None, description="catalogue YAML (default: ESCALON_CATALOGUE or packaged)")
+    router_artefact: str | None = Field(default=None, description="router artefact folder to fold the promoted rung "
+                                                                  "into (the running router swaps to it)")
+    router_task: str | None = Field(default=None, description="the artefact's taxonomy task the items belong to "
+                                                              "(default: the items' task)")
     data_dir: str | None = Field(default=None, description="set at submit")
     models_dir: str | None = Field(default=None, description="set at submit")
     step_delay_s: float = Field(default=0.0, ge=0, le=60, description="for tests and demos only")
@@ -202,10 +206,27 @@ def run(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
         "artefacts": {"answers": str(answers_path), "profile": str(profile)},
     }
     ctx.write_artefact("promotion.json", json.dumps(result, indent=1))
+    if registered and params.router_artefact:
+        result["router_artefact"] = _fold_into_router(params, ctx)
+        ctx.write_artefact("promotion.json", json.dumps(result, indent=1))
     ctx.save_checkpoint(state, progress=1.0, message=result["decision"] + ": " + reason, step=2,
                         metrics={"student_accuracy": s["accuracy"], "target_accuracy": t["accuracy"],
                                  "promoted": registered})
     return result
+
+
+def _fold_into_router(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
+    """The promoted rung becomes a column of the router's artefact. The promotion stands either way: a fold
+    that cannot be made (say, the items' task is not in the router's taxonomy) is reported, not raised."""
+    from escalon.errors import ConfigError
+    from escalon.router.fold import fold_promotion
+
+    try:
+        return {"folded": True, **fold_promotion(params.router_artefact, ctx.artefact_dir / "promotion.json",
+                                                 params.router_task)}
+    except ConfigError as exc:
+        return {"folded": False, "reason": str(exc), "artefact": params.router_artefact,
+                "fix": "escalon router fold-in --artefact ARTEFACT --promotion JOB_FOLDER --task TASK"}
 
 
 def _write_answers(ctx: JobContext, items: list[Item], by_model: dict[str, tuple[list[dict], dict]]) -> Path:
