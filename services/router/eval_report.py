@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn", "frugalgpt", "random-mix", "oracle")
+ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn", "routellm-mf", "frugalgpt", "random-mix", "oracle")
 
 
 def _usd(value: float | None) -> str:
@@ -69,7 +69,8 @@ def plot_frontiers(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     styles = {"hybrid+cascade": ("C3", "-", 2.4), "hybrid+cascade@max-cost": ("C9", "-.", 1.4),
               "hybrid": ("C1", "-", 1.6), "learned": ("C2", "--", 1.4),
-              "taxonomy": ("C4", "--", 1.4), "routellm-knn": ("C5", ":", 1.6), "frugalgpt": ("C6", ":", 1.6),
+              "taxonomy": ("C4", "--", 1.4), "routellm-knn": ("C5", ":", 1.6),
+              "routellm-mf": ("C8", ":", 1.6), "frugalgpt": ("C6", ":", 1.6),
               "random-mix": ("0.5", "-.", 1.2)}
     for name, (color, line, width) in styles.items():
         p = report["policies"].get(name)

@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   ESCALON_ROUTER_ARTEFACT=reports/dcrouter/artefact escalon up   # the router then routes with it
 
 policies: taxonomy, learned, hybrid, hybrid+cascade (Escalon's); single (every model), random-mix, oracle,
-routellm-knn (RouteLLM-style kNN on embeddings), frugalgpt (FrugalGPT-style cascade with a learned answer
+routellm-knn and routellm-mf (RouteLLM-style kNN and matrix factorisation on embeddings), frugalgpt (FrugalGPT-style cascade with a learned answer
 scorer; needs recorded responses). Every point of a policy's curve is one value of its knob: λ, the price of
 cost in the rule argmax ŝ − λ·ĉ (routers and hybrid+cascade), τ (frugalgpt), the mixing share (random-mix).
 """
