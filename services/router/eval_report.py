@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn", "routellm-mf", "frugalgpt", "random-mix", "oracle")
+ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn",
+                "routellm-mf", "frugalgpt", "random-mix", "oracle")
 
 
 def _usd(value: float | None) -> str:
