@@ -180,15 +180,28 @@ def collect_attempts(model: RoutingModel, bench: Benchmark, rows: np.ndarray, su
 
 
 BUDGET_POINTS = 14
-BUDGET_MARGIN = 1.05  # over the worst recorded/predicted cost ratio on train
+BUDGET_MARGIN = 1.05  # over the worst overrun of recorded cost past the cost model on train
 
 
-def cost_headroom(costs: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Per rung, how far recorded costs ran over the cost model on train (≥ 1), plus a margin: the factor
-    that makes a rung's price an upper bound, so a budget plan that fits is not exceeded in fact."""
-    ratio = np.where(~np.isnan(costs) & (predicted > 0), costs / np.maximum(predicted, 1e-30), np.nan)
-    worst = np.nanmax(np.where(np.isnan(ratio), 1.0, ratio), axis=0)
-    return np.maximum(worst, 1.0) * BUDGET_MARGIN
+def cost_upper_bound(costs: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per rung, (scale, extra) such that scale·ĉ + extra bounded every recorded cost on train (+5%): the
+    price a budget is checked against, so a plan that fits is not exceeded in fact. Of the two forms —
+    a factor (a cost proportional to length) or an added amount (a long answer to a short prompt) — each rung
+    takes the one with the lower mean bound on train."""
+    R = costs.shape[1]
+    scale, extra = np.ones(R), np.zeros(R)
+    for r in range(R):
+        seen = ~np.isnan(costs[:, r]) & (predicted[:, r] > 0)
+        if not seen.any():
+            continue
+        c, p = costs[seen, r], predicted[seen, r]
+        factor = max(float((c / p).max()), 1.0) * BUDGET_MARGIN
+        added = max(float((c - p).max()), 0.0) * BUDGET_MARGIN
+        if (p * factor).mean() <= (p + added).mean():
+            scale[r] = factor
+        else:
+            extra[r] = added
+    return scale, extra
 
 
 def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tuple[PolicyResult, list[dict]]:
@@ -198,8 +211,8 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
     rung fits is refused (quality 0, as the API answers it with a clear error). Every answer's recorded cost
     is checked against its budget."""
     bench, model = ctx.bench, ctx.model
-    headroom = cost_headroom(bench.costs[ctx.train], model.predict_cost(ctx.chars[ctx.train]))
-    catalogue = replay_catalogue(bench, model.cost_intercept * headroom, model.cost_slope * headroom)
+    scale, extra = cost_upper_bound(bench.costs[ctx.train], model.predict_cost(ctx.chars[ctx.train]))
+    catalogue = replay_catalogue(bench, model.cost_intercept * scale + extra, model.cost_slope * scale)
     cascade = in_process_cascade(catalogue)
     names = bench.rung_names()
     texts = [bench.prompts["prompt"].iat[r] for r in ctx.test]
@@ -208,7 +221,9 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
     can_answer = answerable(bench, ctx.test)
     scores, costs = ctx.scores, ctx.costs
     singles = costs.mean(axis=0)
-    budgets = np.geomspace(0.5 * singles.min(), 2.0 * singles.max(), BUDGET_POINTS)
+    # from below the cheapest model's mean cost to where the dearest rung fits 99% of the queries
+    top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
+    budgets = np.geomspace(0.5 * singles.min(), top, BUDGET_POINTS)
     points, sweep = [], []
     for budget in progress.track(budgets, len(budgets), "hybrid+cascade: max-cost sweep"):
         got, paid, calls = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros(len(texts))
@@ -239,9 +254,10 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
                       "refused_share": float(1 - served.mean()), "over_budget": int((paid > budget * (1 + 1e-9)).sum()),
                       "max_cost_usd_paid": float(paid.max())})
     over = sum(s["over_budget"] for s in sweep)
-    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; rung prices carry ×{headroom.max():.2f} "
-            f"headroom over the cost model (worst train overrun + 5%); recorded cost over the budget in {over} of "
-            f"{len(budgets) * len(texts)} (query, budget) answers")
+    forms = ", ".join(f"{n} ×{k:.2f}" if e == 0 else f"{n} +${e:.6f}" for n, k, e in zip(names, scale, extra))
+    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; a rung fits a budget when its cost model "
+            f"times a factor or plus an amount (the worst overrun on train, +5%: {forms}) does; recorded cost over "
+            f"the budget in {over} of {len(budgets) * len(texts)} (query, budget) answers")
     return PolicyResult("hybrid+cascade@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
 
 
