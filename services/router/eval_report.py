@@ -47,11 +47,12 @@ def render_markdown(report: dict) -> str:
     out += ["", f"Highest AIQ (oracle excluded): {', '.join(ranking[:3])}."]
     if report.get("budget_sweep"):
         out += ["", "## The budget knob (max_cost_usd per request)", "",
-                "| max cost | mean cost paid | quality | refused | answers over budget | dearest answer |",
-                "|---:|---:|---:|---:|---:|---:|"]
+                "| max cost | mean cost paid | quality | refused | cut at the bound | spend over budget | dearest spend |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
         for row in report["budget_sweep"]:
             out.append(f"| {_usd(row['max_cost_usd'])} | {_usd(row['mean_cost_usd'])} | {_pct(row['quality'])} | "
-                       f"{_pct(row['refused_share'])} | {row['over_budget']} | {_usd(row['max_cost_usd_paid'])} |")
+                       f"{_pct(row['refused_share'])} | {row.get('cut_at_max_tokens', 0)} | {row['over_budget']} | "
+                       f"{_usd(row['max_cost_usd_paid'])} |")
     out += ["", "## Notes", ""]
     out += [f"- {n}" for n in report["notes"]]
     for name in names:

@@ -208,16 +208,22 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
     """hybrid+cascade driven by the other knob, a per-request budget (max_cost_usd), swept over budgets:
     at each, the Router's own rule — rungs whose upper-bound cost exceeds the budget are left out, the best
     predicted one is the target, probes run while the budget allows (the Cascade's check), and a query no
-    rung fits is refused (quality 0, as the API answers it with a clear error). Every answer's recorded cost
-    is checked against its budget."""
+    rung fits is refused (quality 0, as the API answers it with a clear error). A rung's bound plays the part
+    max_tokens plays in serving: a recorded answer dearer than it is cut there (paid at the bound, scored
+    wrong). The spend of every query is then checked against its budget: the Cascade's own check."""
     bench, model = ctx.bench, ctx.model
-    scale, extra = cost_upper_bound(bench.costs[ctx.train], model.predict_cost(ctx.chars[ctx.train]))
-    catalogue = replay_catalogue(bench, model.cost_intercept * scale + extra, model.cost_slope * scale)
-    cascade = in_process_cascade(catalogue)
-    names = bench.rung_names()
-    texts = [bench.prompts["prompt"].iat[r] for r in ctx.test]
-    bound = np.array([[cascade.cost_bound(catalogue.get(n), RouteQuery(prompt=t, threshold=0.0)) for n in names]
-                      for t in texts])
+    names, every_text = bench.rung_names(), bench.texts
+
+    def bounds(cascade, rows):  # what the Cascade checks a budget against, per query and rung
+        return np.array([[cascade.cost_bound(cascade.catalogue.get(n), RouteQuery(prompt=every_text[r], threshold=0.0))
+                          for n in names] for r in rows])
+
+    plain = in_process_cascade(replay_catalogue(bench, model.cost_intercept, model.cost_slope))
+    scale, extra = cost_upper_bound(bench.costs[ctx.train], bounds(plain, ctx.train))
+    cascade = in_process_cascade(replay_catalogue(bench, model.cost_intercept * scale + extra,
+                                                  model.cost_slope * scale))
+    texts = [every_text[r] for r in ctx.test]
+    bound = bounds(cascade, ctx.test)
     can_answer = answerable(bench, ctx.test)
     scores, costs = ctx.scores, ctx.costs
     singles = costs.mean(axis=0)
@@ -228,7 +234,7 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
     for budget in progress.track(budgets, len(budgets), "hybrid+cascade: max-cost sweep"):
         got, paid, calls = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros(len(texts))
         fits = bound <= budget
-        queries, plans, where = [], [], []
+        queries, plans, where, cut = [], [], [], 0
         for q in np.flatnonzero(fits.any(axis=1)):
             usable = probe and (can_answer[q] & fits[q]).sum() >= 2
             allowed = fits[q] & can_answer[q] if usable else fits[q]
@@ -236,7 +242,9 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
                                 allowed=allowed, weights=weights)
             if len(choice.rungs) == 1:
                 r = choice.target
-                got[q], paid[q], calls[q] = scores[q, r], costs[q, r], 1
+                paid[q], calls[q] = min(costs[q, r], bound[q, r]), 1
+                got[q] = scores[q, r] if costs[q, r] <= bound[q, r] else 0.0
+                cut += costs[q, r] > bound[q, r]
                 continue
             queries.append(RouteQuery(prompt=texts[q], threshold=choice.threshold, max_cost_usd=float(budget)))
             plans.append(RoutePlan(tuple(names[r] for r in choice.rungs), "hybrid+cascade", "evaluation",
@@ -246,18 +254,24 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
             where.append(q)
         for q, result in zip(where, run_plans(cascade, queries, plans) if plans else []):
             r = names.index(result.rung)
-            got[q], paid[q] = scores[q, r], result.total_cost_usd
+            over = {a.rung for a in result.attempts if a.answered and a.cost_usd > bound[q, names.index(a.rung)]}
+            paid[q] = sum(min(a.cost_usd, bound[q, names.index(a.rung)]) for a in result.attempts)
+            got[q] = 0.0 if result.rung in over else scores[q, r]
             calls[q] = sum(1 for a in result.attempts if a.answered)
+            cut += len(over)
         served = fits.any(axis=1)
         points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
         sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(paid.mean()), "quality": float(got.mean()),
                       "refused_share": float(1 - served.mean()), "over_budget": int((paid > budget * (1 + 1e-9)).sum()),
-                      "max_cost_usd_paid": float(paid.max())})
+                      "max_cost_usd_paid": float(paid.max()), "cut_at_max_tokens": int(cut)})
     over = sum(s["over_budget"] for s in sweep)
+    cut = sum(s["cut_at_max_tokens"] for s in sweep)
     forms = ", ".join(f"{n} ×{k:.2f}" if e == 0 else f"{n} +${e:.6f}" for n, k, e in zip(names, scale, extra))
     note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; a rung fits a budget when its cost model "
-            f"times a factor or plus an amount (the worst overrun on train, +5%: {forms}) does; recorded cost over "
-            f"the budget in {over} of {len(budgets) * len(texts)} (query, budget) answers")
+            f"times a factor or plus an amount (the worst overrun on train, +5%: {forms}) does. That bound plays "
+            f"max_tokens: a recorded answer dearer than it would have been cut off there, so it is paid at the bound "
+            f"and scored wrong ({cut} of {len(budgets) * len(texts)} (query, budget) answers); the spend went over "
+            f"the budget in {over}")
     return PolicyResult("hybrid+cascade@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
 
 
