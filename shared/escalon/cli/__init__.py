@@ -30,6 +30,7 @@ EPILOG = """examples:
   escalon judge report --benchmark data/routellm-evals/benchmark.parquet --out reports/judges
   escalon judge live --out reports/judges-live
   escalon eval --benchmark data/llmrouter-dcrouter --out reports/dcrouter   routing policies vs baselines
+  escalon taxonomy label --in logs.jsonl --out labelled.jsonl --benchmark data/llmrouter-dcrouter
 """
 
 
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from escalon.cli import evaluate as eval_cli
 
     eval_cli.add_parser(sub)
+    from escalon.cli import taxonomy as taxonomy_cli
+
+    taxonomy_cli.add_parser(sub)
     return parser
 
 
@@ -132,6 +136,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(eval_cli.run(args))
         except EscalonError as exc:
             print(f"escalon eval: {exc}", file=sys.stderr)
+            sys.exit(2)
+    if args.command == "taxonomy":
+        from escalon.cli import taxonomy as taxonomy_cli
+
+        try:
+            sys.exit(taxonomy_cli.run(args))
+        except EscalonError as exc:
+            print(f"escalon taxonomy {args.taxonomy_command}: {exc}", file=sys.stderr)
             sys.exit(2)
     if args.command == "judge":
         from escalon.cli import judge as judge_cli
