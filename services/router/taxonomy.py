@@ -2,8 +2,9 @@
 
 Four dimensions, none of them a keyword list:
 - task_type: the benchmark's task names are free labels; a multinomial logistic head on the query embedding
-  gives p_fast(task | x). (An LLM labeller, the slow path, would be fused as λ·p_slow + (1−λ)·p_fast when
-  max p_fast < 0.8; none runs offline, so the fused probability is p_fast.)
+  gives p_fast(task | x). The slow path, for prompts with no free label (the router's own logs), is
+  escalon.router.labeller: where max p_fast < 0.8 a local LLM scores the top-3 labels and is fused 50/50
+  with p_fast (`escalon taxonomy label`); it labels offline, the router's per-request path stays p_fast.
 - complexity: low / medium / high, labelled from outcomes — a training query's difficulty is the share of
   rungs that failed it (tertiles over the training set) — and predicted by a second head.
 - domain: clusters of the training embeddings (k-means), each named after the task most of it holds.

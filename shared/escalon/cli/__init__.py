@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from escalon.cli import taxonomy as taxonomy_cli
 
     taxonomy_cli.add_parser(sub)
+    from escalon.cli import router_artefact as router_cli
+
+    router_cli.add_parser(sub)
     return parser
 
 
@@ -136,6 +139,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(eval_cli.run(args))
         except EscalonError as exc:
             print(f"escalon eval: {exc}", file=sys.stderr)
+            sys.exit(2)
+    if args.command == "router":
+        from escalon.cli import router_artefact as router_cli
+
+        try:
+            sys.exit(router_cli.run(args))
+        except EscalonError as exc:
+            print(f"escalon router {args.router_command}: {exc}", file=sys.stderr)
             sys.exit(2)
     if args.command == "taxonomy":
         from escalon.cli import taxonomy as taxonomy_cli
