@@ -266,7 +266,7 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
                       "max_cost_usd_paid": float(paid.max()), "cut_at_max_tokens": int(cut)})
     over = sum(s["over_budget"] for s in sweep)
     cut = sum(s["cut_at_max_tokens"] for s in sweep)
-    forms = ", ".join(f"{n} ×{k:.2f}" if e == 0 else f"{n} +${e:.6f}" for n, k, e in zip(names, scale, extra))
+    forms = ", ".join(f"{n} ×{k:.2f}" if e == 0 else f"{n} +${e:.2g}" for n, k, e in zip(names, scale, extra))
     note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; a rung fits a budget when its cost model "
             f"times a factor or plus an amount (the worst overrun on train, +5%: {forms}) does. That bound plays "
             f"max_tokens: a recorded answer dearer than it would have been cut off there, so it is paid at the bound "
