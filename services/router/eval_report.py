@@ -98,6 +98,10 @@ def plot_frontiers(report: dict, path: Path) -> None:
     costs = [pt["cost_usd"] for p in report["policies"].values() for pt in p.get("points", []) if pt["cost_usd"] > 0]
     if costs and max(costs) / max(min(costs), 1e-30) > 20:
         ax.set_xscale("log")
+        singles = [p["points"][0]["cost_usd"] for n, p in report["policies"].items()
+                   if n.startswith("single:") and p.get("points") and p["points"][0]["cost_usd"] > 0]
+        if singles:  # a budget sweep's refusals reach towards zero cost: keep the axis on the models' range
+            ax.set_xlim(left=0.3 * min(singles))
     ax.set_xlabel("mean cost per query (USD)")
     ax.set_ylabel("mean quality (test)")
     ax.set_title(f"{report['benchmark']}: cost–quality frontiers (upper hulls) on test")
