@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OFFLINE_COMMANDS = {"eval": "evaluate", "router": "router_artefact", "taxonomy": "taxonomy", "judge": "judge"}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from escalon.cli import commands
@@ -132,37 +135,15 @@ def main(argv: list[str] | None = None) -> None:
         from escalon.bench import main as bench_main
 
         sys.exit(bench_main(args.requests, args.out))
-    if args.command == "eval":
-        from escalon.cli import evaluate as eval_cli
+    if args.command in OFFLINE_COMMANDS:  # in-process commands: a module with run(args), errors exit 2
+        import importlib
 
+        module = importlib.import_module(f"escalon.cli.{OFFLINE_COMMANDS[args.command]}")
+        action = getattr(args, f"{args.command}_command", None)
         try:
-            sys.exit(eval_cli.run(args))
+            sys.exit(module.run(args))
         except EscalonError as exc:
-            print(f"escalon eval: {exc}", file=sys.stderr)
-            sys.exit(2)
-    if args.command == "router":
-        from escalon.cli import router_artefact as router_cli
-
-        try:
-            sys.exit(router_cli.run(args))
-        except EscalonError as exc:
-            print(f"escalon router {args.router_command}: {exc}", file=sys.stderr)
-            sys.exit(2)
-    if args.command == "taxonomy":
-        from escalon.cli import taxonomy as taxonomy_cli
-
-        try:
-            sys.exit(taxonomy_cli.run(args))
-        except EscalonError as exc:
-            print(f"escalon taxonomy {args.taxonomy_command}: {exc}", file=sys.stderr)
-            sys.exit(2)
-    if args.command == "judge":
-        from escalon.cli import judge as judge_cli
-
-        try:
-            sys.exit(judge_cli.run(args))
-        except EscalonError as exc:
-            print(f"escalon judge {args.judge_command}: {exc}", file=sys.stderr)
+            print(f"escalon {args.command}{' ' + action if action else ''}: {exc}", file=sys.stderr)
             sys.exit(2)
     handler = {"up": commands.up, "ask": commands.ask, "models": commands.models, "jobs": commands.jobs}[args.command]
     try:
