@@ -123,3 +123,21 @@ def test_the_promote_job_folds_its_rung_into_the_router_artefact_and_reports_a_f
     failed = _fold_into_router(PromoteParams.model_construct(router_artefact=str(fresh), router_task=None),
                                LocalContext(artefact_dir=other))
     assert not failed["folded"] and "--task" in failed["reason"] and "fold-in" in failed["fix"]
+
+
+def test_the_fold_in_command_prints_the_new_version_and_exits_2_naming_a_bad_promotion(trained, tmp_path, capsys):
+    import shutil
+
+    from escalon.cli import main
+
+    folder, _ = trained
+    artefact_dir = tmp_path / "artefact"
+    shutil.copytree(folder / "artefact", artefact_dir)
+    with pytest.raises(SystemExit) as done:
+        main(["router", "fold-in", "--artefact", str(artefact_dir), "--promotion", str(tmp_path / "nope")])
+    assert done.value.code == 2 and "no promotion.json" in capsys.readouterr().err
+    job, _ = promotion(tmp_path / "job")
+    with pytest.raises(SystemExit) as done:
+        main(["router", "fold-in", "--artefact", str(artefact_dir), "--promotion", str(job)])
+    assert done.value.code == 0
+    assert json.loads(capsys.readouterr().out)["version"] == load_artefact(artefact_dir).version
