@@ -93,6 +93,7 @@ def write_artefact(folder: Path | str, model: RoutingModel, judge_weights: Judge
 
 def load_artefact(folder: Path | str, *, field: str = ENV) -> Artefact:
     folder = Path(folder).expanduser()
+    unset = f" or unset {ENV}" if field == ENV else ""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         if manifest.get("format") != FORMAT:
@@ -117,10 +118,10 @@ def load_artefact(folder: Path | str, *, field: str = ENV) -> Artefact:
             weights = JudgeWeights(weights.bias, weights.weights, manifest["version"])
     except FileNotFoundError as exc:
         raise ConfigError(f"no router artefact at {folder} ({Path(exc.filename).name} missing); train one with "
-                          "`escalon eval --benchmark ... --out DIR` (it writes DIR/artefact) or unset it",
+                          f"`escalon eval --benchmark ... --out DIR` (it writes DIR/artefact){unset}",
                           field=field) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"router artefact {folder} is unreadable: {exc}; retrain it or unset it", field=field) from None
+        raise ConfigError(f"router artefact {folder} is unreadable: {exc}; retrain it{unset}", field=field) from None
     return Artefact(model, weights, bool(meta.get("probe")), manifest)
 
 
