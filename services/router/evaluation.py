@@ -254,11 +254,11 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
             where.append(q)
         for q, result in zip(where, run_plans(cascade, queries, plans) if plans else []):
             r = names.index(result.rung)
-            over = {a.rung for a in result.attempts if a.answered and a.cost_usd > bound[q, names.index(a.rung)]}
+            overran = {a.rung for a in result.attempts if a.answered and a.cost_usd > bound[q, names.index(a.rung)]}
             paid[q] = sum(min(a.cost_usd, bound[q, names.index(a.rung)]) for a in result.attempts)
-            got[q] = 0.0 if result.rung in over else scores[q, r]
+            got[q] = 0.0 if result.rung in overran else scores[q, r]
             calls[q] = sum(1 for a in result.attempts if a.answered)
-            cut += len(over)
+            cut += len(overran)
         served = fits.any(axis=1)
         points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
         sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(paid.mean()), "quality": float(got.mean()),
