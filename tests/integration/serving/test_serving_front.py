@@ -44,7 +44,10 @@ async def test_health_said_serving_only_after_the_deployments_were_up(ray_front)
     from ray import serve
 
     seen = ray_front.health_seen_while_starting
-    assert seen and set(seen) == {NOT_SERVING}  # asked repeatedly while Ray and the replicas started
+    # asked repeatedly while Ray and the replicas started: NOT_SERVING throughout, then SERVING at most in the
+    # last replies (a check can land between the server turning SERVING and its start returning), never back
+    first = seen.index(SERVING) if SERVING in seen else len(seen)
+    assert first >= 3 and set(seen[:first]) == {NOT_SERVING} and set(seen[first:]) <= {SERVING}, seen
     async with grpc.aio.insecure_channel(ray_front.address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == SERVING
