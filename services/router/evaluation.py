@@ -32,7 +32,7 @@ from escalon.router.metrics import aiq, cost_to_match, frontier, quality_at_cost
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.router.replay_cascade import fit_judge_weights, in_process_cascade, replay_catalogue, run_plans
 from escalon.router.routing import build_plan, policy_success
-from escalon.router.routing_model import LAMBDAS, Prediction, RoutingModel, choose, fit_routing_model
+from escalon.router.routing_model import LAMBDAS, Prediction, RoutingModel, fit_routing_model, route_points
 
 FORMAT = "escalon.routing-evaluation/v1"
 ROUTERS = ("taxonomy", "learned", "hybrid", "hybrid+cascade")
@@ -276,13 +276,8 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
 
 
 def route_result(name: str, ctx: Context, success: np.ndarray, note: str = "") -> PolicyResult:
-    observed = ~np.isnan(ctx.scores)
-    rows = np.arange(len(ctx.test))
-    points = []
-    for lam in LAMBDAS:
-        pick = choose(success, ctx.pred.cost, lam, ctx.model.cost_scale, observed)
-        points.append((float(ctx.costs[rows, pick].mean()), float(ctx.scores[rows, pick].mean()), 1.0))
-    return PolicyResult(name, points, list(LAMBDAS), "lambda", note)
+    points = route_points(success, ctx.pred.cost, ctx.scores, ctx.costs, ctx.model.cost_scale, LAMBDAS)
+    return PolicyResult(name, [(c, q, 1.0) for c, q in points], list(LAMBDAS), "lambda", note)
 
 
 def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, encoder: str = MINILM,

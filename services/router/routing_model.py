@@ -10,10 +10,10 @@
     familiar   top task probability ≥ min_top, margin over the second ≥ min_margin, nearest training example
                cosine ≥ min_cosine, cell profiled (ALGORITHMS.md §1). Familiar queries take Φ, others ŝ.
 
-`fit_routing_model` tunes the familiarity thresholds on a development slice of the training rows (never
-the test split): it fits on the rest, picks the thresholds whose routes give the best development AIQ on one half of
-it — kept only when they beat always-learned on the other half by more than a standard error — then refits
-every part on all training rows with those thresholds.
+`fit_routing_model` tunes the familiarity thresholds on out-of-fold predictions of the training rows (never
+the test split): the thresholds whose routes give the best AIQ on one half of them are kept only when they
+beat always-learned on the other half by more than a standard error; then every part is refitted on all
+training rows with the thresholds kept.
 """
 
 from __future__ import annotations
@@ -151,16 +151,21 @@ def choose(success: np.ndarray, cost: np.ndarray, lam: float, cost_scale: float,
     return utility.argmax(axis=1)
 
 
-def route_points(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-                 cost_scale: float, lambdas=LAMBDAS) -> list[tuple[float, float]]:
-    """(mean cost, mean score) of one-call routing at every λ; only observed (query, rung) pairs are chosen."""
+def route_outcomes(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                   cost_scale: float, lambdas=LAMBDAS) -> tuple[np.ndarray, np.ndarray]:
+    """Per λ and query, the recorded (cost, score) of the rung one-call routing picks: [L, n] each; only
+    observed (query, rung) pairs are chosen."""
     observed = ~np.isnan(scores)
     rows = np.arange(len(scores))
-    points = []
-    for lam in lambdas:
-        pick = choose(success, cost_pred, lam, cost_scale, observed)
-        points.append((float(costs[rows, pick].mean()), float(scores[rows, pick].mean())))
-    return points
+    picks = [choose(success, cost_pred, lam, cost_scale, observed) for lam in lambdas]
+    return np.array([costs[rows, p] for p in picks]), np.array([scores[rows, p] for p in picks])
+
+
+def route_points(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                 cost_scale: float, lambdas=LAMBDAS) -> list[tuple[float, float]]:
+    """(mean cost, mean score) of one-call routing at every λ."""
+    c, q = route_outcomes(success, cost_pred, scores, costs, cost_scale, lambdas)
+    return [(float(a), float(b)) for a, b in zip(c.mean(axis=1), q.mean(axis=1))]
 
 
 def _fit_parts(x: np.ndarray, chars: np.ndarray, tasks: np.ndarray, scores: np.ndarray, costs: np.ndarray,
@@ -217,15 +222,6 @@ def fit_cost_model(chars: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, np
 def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     return [np.sort(order[i::k]) for i in range(k)]
-
-
-def route_outcomes(success: np.ndarray, cost_pred: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-                   cost_scale: float, lambdas=LAMBDAS) -> tuple[np.ndarray, np.ndarray]:
-    """Per λ and query, the recorded (cost, score) of the rung one-call routing picks: [L, n] each."""
-    observed = ~np.isnan(scores)
-    rows = np.arange(len(scores))
-    picks = [choose(success, cost_pred, lam, cost_scale, observed) for lam in lambdas]
-    return np.array([costs[rows, p] for p in picks]), np.array([scores[rows, p] for p in picks])
 
 
 BOOTSTRAP = 200  # resamples behind the one-standard-error rule of the familiarity tuning
