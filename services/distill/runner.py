@@ -19,9 +19,10 @@ import redis.exceptions
 import sqlalchemy.exc
 
 from escalon.distill import jobs
-from escalon.distill.jobs.base import JobCancelled, TransientJobError, atomic_write, safe_child
+from escalon.distill.jobs.base import JobCancelled, TransientJobError, safe_child
 from escalon.distill.settings import DistillSettings
 from escalon.distill.store import ClaimOutcome, Job, JobState, JobStore, LeaseLost, make_owner
+from escalon.files import atomic_write
 from escalon.telemetry import ATTR_JOB_ID, ATTR_JOB_KIND, current_trace_id, tracer
 
 if TYPE_CHECKING:

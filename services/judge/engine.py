@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from escalon.errors import InvalidInput
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.judge import panel
-from escalon.judge.answers import infer_answer_type
+from escalon.answers import infer_answer_type
 from escalon.judge.calibration import Applied, Calibration
 from escalon.judge.execution import SANDBOX, extract_probes, pass_share
 from escalon.judge.panel import Candidate, JudgeResult, JudgeWeights, Verdict, judge_answers

@@ -9,63 +9,21 @@ and replaces this mean by fitted weights and a calibration map (escalon.judge.ca
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from escalon.errors import InvalidInput
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import infer_answer_type, parse_answers
+from escalon.answers import infer_answer_type, parse_answer
 from escalon.judge.consistency import cross_model_agreement, sample_consistency
+from escalon.judging import Candidate, JudgeResult, JudgeWeights, agreeing_share
+
+__all__ = ["Candidate", "JudgeResult", "JudgeWeights", "Verdict", "check_judges", "judge_answers", "parse_answers"]
 
 CONSISTENCY_JUDGES = ("agreement", "entropy", "fsd")
 PREDICTED_SUCCESS = "predicted_success"
 DEFAULT_PANEL = (*CONSISTENCY_JUDGES, "cross_model")
 JUDGES = (*DEFAULT_PANEL, PREDICTED_SUCCESS)
-
-
-@dataclass(frozen=True)
-class JudgeWeights:
-    """Fitted aggregation: judge -> (weight of its score when it ran, contribution when it was skipped)."""
-
-    bias: float
-    weights: Mapping[str, tuple[float, float]]
-    version: str = ""
-
-    def confidence(self, results: list[JudgeResult] | tuple[JudgeResult, ...]) -> float:
-        z = self.bias
-        for r in results:
-            if r.judge in self.weights:
-                ran_weight, skipped_weight = self.weights[r.judge]
-                z += skipped_weight if r.skipped else ran_weight * r.score
-        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
-
-    def to_dict(self) -> dict:
-        return {"bias": self.bias, "version": self.version,
-                "judges": {k: {"weight": w, "skipped_weight": v} for k, (w, v) in self.weights.items()}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> JudgeWeights:
-        return cls(float(data["bias"]), {k: (float(v["weight"]), float(v["skipped_weight"]))
-                                         for k, v in data.get("judges", {}).items()}, str(data.get("version", "")))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    text: str
-    rung: str = ""
-    family: str = ""
-    logprobs: tuple = ()  # escalon.judge.tokens.TokenStat per generated token, where the rung returned them
-    truncated: bool = False  # cut at the rung's token limit (finish_reason "length")
-
-
-@dataclass(frozen=True)
-class JudgeResult:
-    judge: str
-    score: float
-    skipped: bool = False
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,8 +43,18 @@ class Verdict:
 
     @property
     def agreeing_share(self) -> float:
-        """Share of the judges that ran which lean 'correct' (score ≥ 0.5); the cascade asks for ≥ 2/3."""
-        return sum(s.score >= 0.5 for s in self.ran) / len(self.ran) if self.ran else 0.0
+        return agreeing_share(self.ran)
+
+
+def parse_answers(prompt: str, texts: list[str], answer_type: int) -> list[str | None]:
+    """Parse the answers to one prompt. Code is compared by what it does: each program runs in the sandbox
+    against the prompt's tests and examples (escalon.judge.execution); other types parse text alone
+    (escalon.answers)."""
+    if answer_type == AnswerType.ANSWER_TYPE_CODE:
+        from escalon.judge.execution import execution_answers
+
+        return list(execution_answers(prompt, texts).parsed)
+    return [parse_answer(text, answer_type) for text in texts]
 
 
 def check_judges(judges: list[str]) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ import ast
 import re
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import (
+from escalon.answers import (
     _CHOICE_LEADING,
     _CHOICE_STATED,
     _CODE_FENCE,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from escalon.errors import ConfigError
-from escalon.judge.panel import JudgeWeights
+from escalon.judging import JudgeWeights
 from escalon.router.predictor import SuccessPredictor
 from escalon.router.routing_model import Familiarity, RoutingModel
 from escalon.router.taxonomy import Profile, SoftmaxHead, Taxonomy

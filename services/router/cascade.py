@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from escalon.errors import BudgetExceeded, EscalonError, RungUnavailable
+from escalon.errors import BudgetExceeded, RungUnavailable
+from escalon.judging import Candidate, Judgement, JudgeResult
 from escalon.registry import Catalogue, Rung
-from escalon.router.policy import AGREEING_SHARE, RoutePlan, RouteQuery, estimate_tokens
+from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
+from escalon.tokens import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -30,44 +32,13 @@ class Generation:
     truncated: tuple[bool, ...] = ()  # per text: stopped at the token limit (empty: none was)
 
 
-@dataclass(frozen=True)
-class JudgeVerdict:
-    judge: str
-    score: float
-    skipped: bool = False
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Judgement:
-    confidence: float
-    answer: str  # parsed answer ("" when none parsed)
-    answer_text: str
-    scores: tuple[JudgeVerdict, ...]
-
-    @property
-    def agreeing_share(self) -> float:
-        ran = [s for s in self.scores if not s.skipped]
-        return sum(s.score >= 0.5 for s in ran) / len(ran) if ran else 0.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One answer text with where it came from, as the judges see it."""
-
-    text: str
-    rung: str
-    family: str
-    truncated: bool = False  # cut at the rung's token limit: the judges treat its parsed answer as invalid
-
-
 class Generator(Protocol):
     async def generate(self, rung: Rung, prompt: str, *, n: int, temperature: float, max_tokens: int,
                        on_text: Callable[[str], Awaitable[None]] | None = None) -> Generation: ...
 
 
 class Scorer(Protocol):
-    async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
+    async def score(self, prompt: str, candidates: list[Candidate], references: list[Candidate],
                     answer_type: int, **signals) -> Judgement:
         """`signals` (only when the plan has them): predicted_success (float), weights (JudgeWeights)."""
 
@@ -81,7 +52,7 @@ class Attempt:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     confidence: float = 0.0
-    scores: tuple[JudgeVerdict, ...] = ()
+    scores: tuple[JudgeResult, ...] = ()
     accepted: bool = False
     samples: int = 0
     input_tokens: int = 0
@@ -153,7 +124,7 @@ class Cascade:
                   on_text: Callable[[str, str], Awaitable[None]] | None = None) -> CascadeResult:
         self.check_budget(plan, query)
         attempts: list[Attempt] = []
-        references: list[Answer] = []
+        references: list[Candidate] = []
         spent = 0.0
         for name in plan.rungs:
             rung = self.catalogue.get(name)
@@ -197,7 +168,7 @@ class Cascade:
         return self._fallback(attempts, plan)
 
     async def _generate(self, rung: Rung, query: RouteQuery, attempt: Attempt,
-                        on_text: Callable[[str, str], Awaitable[None]] | None) -> list[Answer]:
+                        on_text: Callable[[str, str], Awaitable[None]] | None) -> list[Candidate]:
         started = time.perf_counter()
         stream = (lambda text: on_text(rung.name, text)) if on_text else None
         generation = await asyncio.wait_for(
@@ -212,7 +183,7 @@ class Cascade:
         attempt.input_tokens, attempt.output_tokens = generation.input_tokens, generation.output_tokens
         attempt.latency_ms = generation.latency_ms or (time.perf_counter() - started) * 1000
         cut = generation.truncated or (False,) * len(generation.texts)
-        return [Answer(text, rung.name, rung.family, truncated) for text, truncated in zip(generation.texts, cut)]
+        return [Candidate(text, rung.name, rung.family, truncated) for text, truncated in zip(generation.texts, cut)]
 
     def _fallback(self, attempts: list[Attempt], plan: RoutePlan) -> CascadeResult:
         answered = [a for a in attempts if a.answered]

@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from escalon.errors import EscalonError, InvalidInput, RungUnavailable
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
-from escalon.judge.panel import JudgeWeights
 from escalon.registry import Rung
-from escalon.router.cascade import Answer, Generation, Judgement, JudgeVerdict
+from escalon.judging import Candidate, Judgement, JudgeResult, JudgeWeights
+from escalon.router.cascade import Generation
 
 
 def _domain_error(exc: grpc.aio.AioRpcError, what: str) -> EscalonError:
@@ -79,10 +79,10 @@ class JudgeClient:
         self.stub = judge_pb2_grpc.JudgeServiceStub(channel)
         self.timeout_s = timeout_s
 
-    async def score(self, prompt: str, candidates: list[Answer], references: list[Answer],
+    async def score(self, prompt: str, candidates: list[Candidate], references: list[Candidate],
                     answer_type: int, predicted_success: float | None = None,
                     weights: JudgeWeights | None = None) -> Judgement:
-        def wire(items: list[Answer]) -> list[judge_pb2.Candidate]:
+        def wire(items: list[Candidate]) -> list[judge_pb2.Candidate]:
             return [judge_pb2.Candidate(text=a.text, rung=a.rung, family=a.family, truncated=a.truncated)
                     for a in items]
 
@@ -101,7 +101,7 @@ class JudgeClient:
             confidence=response.confidence,
             answer=response.answer,
             answer_text=response.answer_text,
-            scores=tuple(JudgeVerdict(s.judge, s.score, s.skipped, s.reason) for s in response.scores),
+            scores=tuple(JudgeResult(s.judge, s.score, s.skipped, s.reason) for s in response.scores),
         )
 
 

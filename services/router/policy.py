@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.panel import JudgeWeights
+from escalon.judging import JudgeWeights
 from escalon.registry import Catalogue
+from escalon.tokens import estimate_tokens
 
 # An answer is accepted when the panel's confidence reaches τ and at least this share of judges agree
 # (unweighted panels); a plan with fitted judge weights sets its own share (0: the fitted confidence decides).
@@ -71,7 +72,3 @@ class CheapestFirstPolicy:
             query.threshold,
         )
 
-
-def estimate_tokens(text: str) -> int:
-    """Tokens ≈ characters / 4 (no tokenizer is shared across rungs); used for cost estimates only."""
-    return max(1, len(text) // 4)

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from escalon.judge.panel import JudgeWeights
+from escalon.judging import JudgeWeights
 from escalon.registry import Catalogue
 from escalon.router.embedding import require_encoder
-from escalon.router.policy import Label, RoutePlan, RouteQuery, estimate_tokens
+from escalon.router.policy import Label, RoutePlan, RouteQuery
 from escalon.router.routing_model import Prediction, RoutingModel
 from escalon.router.taxonomy import COMPLEXITY, answer_format
+from escalon.tokens import estimate_tokens
 
 PROBES = 2
 POLICIES = ("taxonomy", "learned", "hybrid", "hybrid+cascade")

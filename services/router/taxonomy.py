@@ -3,7 +3,7 @@
 Four dimensions, none of them a keyword list:
 - task_type: the benchmark's task names are free labels; a multinomial logistic head on the query embedding
   gives p_fast(task | x). The slow path, for prompts with no free label (the router's own logs), is
-  escalon.router.labeller: where max p_fast < 0.8 a local LLM scores the top-3 labels and is fused 50/50
+  escalon.offline.labelling.labeller: where max p_fast < 0.8 a local LLM scores the top-3 labels and is fused 50/50
   with p_fast (`escalon taxonomy label`); it labels offline, the router's per-request path stays p_fast.
 - complexity: low / medium / high, labelled from outcomes — a training query's difficulty is the share of
   rungs that failed it (tertiles over the training set) — and predicted by a second head.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import infer_answer_type
+from escalon.answers import infer_answer_type
 
 MIN_CELL_ROWS = 30
 COMPLEXITY = ("low", "medium", "high")

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 
+from escalon.backends import GenerateParams, GenerateResult, make_backend
 from escalon.registry import Rung
 from escalon.telemetry import ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES, configure_telemetry, tracer
-
-from .backends import GenerateParams, GenerateResult, make_backend
 
 if TYPE_CHECKING:
     from ray.serve import Application

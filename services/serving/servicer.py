@@ -15,14 +15,14 @@ import time
 import grpc
 from opentelemetry import trace
 
+from escalon.backends import GenerateParams, GenerateResult
 from escalon.errors import ConfigError, InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.registry import Catalogue, LiveCatalogue, Rung, promoted_path
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
+from escalon.tokens import estimate_tokens
 
-from .backends import GenerateParams, GenerateResult
-from .backends.base import estimate_tokens
 from .settings import ServingSettings
 from .tiers import InProcessTiers, RayTiers, Tiers
 

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
 
+from escalon.backends import GenerateParams, GenerateResult
 from escalon.errors import ConfigError, EscalonError, RungUnavailable
 from escalon.registry import Rung
 from escalon.telemetry import ATTR_RUNG, tracer
 
-from .backends import GenerateParams, GenerateResult
 from .deployment import RungReplica
 from .settings import ServingSettings
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from escalon.cli.commands import DEMO_PROMPT
+from escalon.offline.stack import DEMO_PROMPT
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.tracecollector import TraceCollector

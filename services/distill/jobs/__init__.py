@@ -5,18 +5,25 @@
     result = kind.run(params, LocalContext(artefact_dir=tmp))   # no Celery, no store
 
 Adding a kind: write `jobs/<kind>.py` with a `JobParams` subclass, `run(params, ctx)`, optional
-`prepare(params, data_dir)`, and a `KIND = JobKind(...)`; list it in `_ALL` below.
+`prepare(params, data_dir)`, and a `KIND = JobKind(...)`; list it in `_BUILT_IN` below.
+
+Kinds that need another service's code (the judges' report, folding a promoted student into the router's
+artefact) live above the services, in escalon.offline.jobs, and reach the worker through the
+`escalon.distill.jobs` entry-point group (pyproject.toml): this package never imports them, as KServe's
+server never imports its runtimes. KINDS is read on first use, once per process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
 
-from escalon.distill.jobs import evaluate, harvest, judge_report, profile, promote, siked, undo
+from escalon.distill.jobs import evaluate, harvest, profile, siked, undo
 from escalon.distill.jobs.base import (
     JobCancelled,
     JobContext,
@@ -24,13 +31,11 @@ from escalon.distill.jobs.base import (
     JobParams,
     LocalContext,
     TransientJobError,
-    atomic_write,
 )
 from escalon.errors import InvalidInput
 
-_ALL: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND, harvest.KIND, undo.KIND, siked.KIND, promote.KIND,
-                             judge_report.KIND)
-KINDS = MappingProxyType({kind.name: kind for kind in _ALL})
+ENTRY_POINTS = "escalon.distill.jobs"
+_BUILT_IN: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND, harvest.KIND, undo.KIND, siked.KIND)
 
 __all__ = [
     "KINDS",
@@ -40,19 +45,35 @@ __all__ = [
     "JobParams",
     "LocalContext",
     "TransientJobError",
-    "atomic_write",
     "get_kind",
+    "kinds",
     "validate",
 ]
 
 
+def kinds() -> Mapping[str, JobKind]:
+    """Every kind this worker or front knows: the built-in ones, then the installed ones (entry points)."""
+    table = globals().get("KINDS")
+    if table is None:
+        installed = [ep.load() for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda ep: ep.name)]
+        table = MappingProxyType({kind.name: kind for kind in (*_BUILT_IN, *installed)})
+        globals()["KINDS"] = table
+    return table
+
+
+def __getattr__(name: str):
+    if name == "KINDS":  # `jobs.KINDS`: the table, built on first use
+        return kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def get_kind(name: str) -> JobKind:
     if not name:
-        raise InvalidInput(f"give a job kind: one of {', '.join(KINDS)}", field="kind")
+        raise InvalidInput(f"give a job kind: one of {', '.join(kinds())}", field="kind")
     try:
-        return KINDS[name]
+        return kinds()[name]
     except KeyError:
-        raise InvalidInput(f"unknown job kind {name!r}; known kinds: {', '.join(KINDS)}", field="kind") from None
+        raise InvalidInput(f"unknown job kind {name!r}; known kinds: {', '.join(kinds())}", field="kind") from None
 
 
 def parse_params(kind: JobKind, raw: dict[str, Any]) -> JobParams:
@@ -79,9 +100,9 @@ def validate(kind_name: str, raw: dict[str, Any], data_dir: Path) -> tuple[JobKi
 
 def run(kind_name: str, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Run a stored job: its params were validated at submit; parse them again into their type."""
-    kind = KINDS.get(kind_name)
+    kind = kinds().get(kind_name)
     if kind is None:
         raise ValueError(
-            f"this worker does not know job kind {kind_name!r} (known: {', '.join(KINDS)}); is it older than the front?"
+            f"this worker does not know job kind {kind_name!r} (known: {', '.join(kinds())}); is it older than the front?"
         )
     return kind.run(kind.params.model_validate(params), ctx)

@@ -13,10 +13,8 @@ Rules a job function keeps so that redelivery is safe (STYLE practice 8):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from escalon.files import atomic_write
 
 
 class JobCancelled(Exception):
@@ -81,24 +81,6 @@ class JobKind(Generic[P]):
     #: submit-time checks that need a little I/O (the input file exists and has the right columns); returns
     #: the params normalised (paths made absolute). Raises escalon.errors.InvalidInput naming the field.
     prepare: Callable[[P, Path], P] | None = None
-
-
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write to a temporary file in the same folder, fsync, then os.replace: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def json_roundtrip(state: dict[str, Any]) -> dict[str, Any]:

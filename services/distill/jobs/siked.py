@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import Field
 
-from escalon.distill.jobs.base import JobContext, JobKind, atomic_write, pause
+from escalon.distill.jobs.base import JobContext, JobKind, pause
 from escalon.distill.jobs.distilling import (
     DistillParams,
     job_catalogue,
@@ -43,6 +43,7 @@ from escalon.distill.training.data import is_correct, read_jsonl, strategy_of, w
 from escalon.distill.training.lora import TrainConfig
 from escalon.distill.training.teachers import STRATEGIES, Teacher, make_teacher
 from escalon.errors import RungUnavailable
+from escalon.files import atomic_write
 
 FORMAT = "escalon.siked/v1"
 

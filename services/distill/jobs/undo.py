@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import Field
 
-from escalon.distill.jobs.base import JobContext, JobKind, atomic_write, pause
+from escalon.distill.jobs.base import JobContext, JobKind, pause
 from escalon.distill.jobs.distilling import (
     DistillParams,
     Scores,
@@ -53,6 +53,7 @@ from escalon.distill.jobs.distilling import (
 )
 from escalon.distill.training.data import Item, final_answer, is_correct, read_jsonl, write_jsonl
 from escalon.distill.training.teachers import Teacher, make_teacher
+from escalon.files import atomic_write
 
 FORMAT = "escalon.undo/v1"
 

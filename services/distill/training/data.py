@@ -4,7 +4,7 @@
      "source": "...", "meta": {...}}
 
 `answer` is the gold (or judge-confirmed) final answer in the judge's canonical form. Whether an answer
-text is right is decided by the judge service's own parser (escalon.judge.answers), so a student is scored
+text is right is decided by the judge service's own parser (escalon.answers), so a student is scored
 exactly as the router's judges would read it; a program-of-thought answer ("[pot]: ..." or a program) is
 executed in the sandbox first.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from escalon.distill.training.sandbox import SandboxError, extract_program, run_program
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import parse_answer
+from escalon.answers import parse_answer
 
 ANSWER_TYPES = {
     "number": AnswerType.ANSWER_TYPE_NUMBER,
@@ -70,7 +70,7 @@ def read_items(path: Path | str) -> list[Item]:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    from escalon.distill.jobs.base import atomic_write  # here: the jobs package imports this module
+    from escalon.files import atomic_write
 
     return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

@@ -1,6 +1,6 @@
 """Real fine-tuning of a local rung: LoRA with transformers + peft, on CPU here and on a GPU when there is one.
 
-The base weights are loaded by the serving service's own loader (escalon.serving.backends.local), so the
+The base weights are loaded by the serving service's own loader (escalon.backends.local), so the
 student starts from exactly what the rung serves (the GGUF→safetensors conversion is done once, there) and
 its prompts are encoded the way serving encodes them (`LocalBackend.encode`: the chat template for chat
 rungs). A training row is (prompt, target): the loss is on the target tokens only.
@@ -103,7 +103,7 @@ class StudentModel:
         import torch
 
         if self._pristine is None:
-            from escalon.serving.backends.local import LocalBackend
+            from escalon.backends.local import LocalBackend
 
             backend = LocalBackend(self.rung, models_dir=self.models_dir, torch_threads=self.threads)
             backend.load()
@@ -365,7 +365,7 @@ def _save_state(model: Any, optimizer: Any, out_dir: Path, step: int, losses: li
         save_file(tensors, str(tmp / "adapter.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
 
-    from escalon.distill.jobs.base import atomic_write  # here: the jobs package imports this module
+    from escalon.files import atomic_write
 
     _save_dir_atomically(out_dir / name, write)
     atomic_write(out_dir / "state.json", json.dumps({"dir": name, "step": step, "losses": losses,

@@ -3,7 +3,7 @@
 A teacher is named in a job's params either as a catalogue rung or as a program:
 
     "gpt-4"            any rung: a local model, an OpenAI-compatible endpoint, or a replay of recorded
-                       outputs; called through the serving backends (escalon.serving.backends.make_backend)
+                       outputs; called through the serving backends (escalon.backends.make_backend)
     "program:arith"    the programmatic teacher of the synthetic arithmetic task (training/arith.py)
 
 Every teacher answers two requests through one interface:
@@ -120,7 +120,7 @@ class RungTeacher:
 
     def __init__(self, rung: Rung, *, models_dir: Path, catalogue: Catalogue, alternates: list[str] | None = None,
                  max_tokens: int = 512, threads: int | None = None) -> None:
-        from escalon.serving.backends import make_backend
+        from escalon.backends import make_backend
 
         self.rung = rung
         self.name = rung.name
@@ -140,7 +140,7 @@ class RungTeacher:
         return self.rung.backend == "replay"
 
     def _call(self, backend: Any, rung: Rung, prompt: str) -> TeacherAnswer:
-        from escalon.serving.backends import GenerateParams
+        from escalon.backends import GenerateParams
 
         try:
             result = self._loop.run_until_complete(

@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from escalon.cli.commands import DEMO_PROMPT
+from escalon.offline.stack import DEMO_PROMPT
 from tests.integration.gateway.stack import GPT4, LOCAL, MIXTRAL, Gateway
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from escalon.cli.commands import DEMO_PROMPT
+from escalon.offline.stack import DEMO_PROMPT
 from tests.integration.gateway.stack import GPT4, LOCAL, MIXTRAL, RUNGS
 
 pytestmark = pytest.mark.integration

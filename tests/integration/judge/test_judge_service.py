@@ -13,7 +13,8 @@ from escalon.gen.common.v1 import common_pb2
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.grpc import running_server
-from escalon.judge.calibration import Row, fit_calibration
+from escalon.judge.calibration import Row
+from escalon.offline.judging.calibration_fit import fit_calibration
 from escalon.judge.servicer import JudgeService
 from escalon.judge.settings import JudgeSettings
 from escalon.serving.settings import ServingSettings

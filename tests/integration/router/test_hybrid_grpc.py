@@ -13,14 +13,14 @@ from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.judge.servicer import JudgeService
 from escalon.judge.settings import JudgeSettings
 from escalon.router.artefact import LiveArtefact, load_artefact, source_fingerprint, write_artefact
-from escalon.router.benchmark import load_benchmark
-from escalon.router.evaluation import evaluate
+from escalon.benchmark import load_benchmark
+from escalon.offline.evaluation.evaluation import evaluate
 from escalon.router.policy import RouteQuery
-from escalon.router.replay_cascade import in_process_cascade, replay_catalogue
+from escalon.offline.evaluation.replay_cascade import in_process_cascade, replay_catalogue
 from escalon.router.routing import ArtefactPolicy
 from escalon.router.servicer import RouterService
 from escalon.router.settings import RouterSettings
-from escalon.router.synthetic import write_synthetic
+from escalon.offline.evaluation.synthetic import write_synthetic
 from escalon.serving.servicer import ServingService
 from escalon.serving.settings import ServingSettings
 

@@ -6,7 +6,7 @@ import contextlib
 import grpc
 import pytest
 
-from escalon.cli.commands import DEMO_PROMPT
+from escalon.offline.stack import DEMO_PROMPT
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import running_server

@@ -1,7 +1,7 @@
 import pytest
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.answers import infer_answer_type, parse_answer
+from escalon.answers import infer_answer_type, parse_answer
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from escalon.errors import ConfigError
-from escalon.judge.calibration import Calibration, Row, fit_calibration, fit_deferral, fit_map
-from escalon.judge.metrics import brier, ece
+from escalon.judge.calibration import Calibration, Row
+from escalon.offline.judging.calibration_fit import fit_calibration, fit_deferral, fit_map
+from escalon.offline.judging.metrics import brier, ece
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +56,7 @@ def test_weights_favour_the_informative_judge_and_the_panel_beats_the_plain_mean
 
 
 def test_too_few_rows_of_the_rarer_outcome_keep_the_weights_uniform():
-    from escalon.judge.calibration import fit_weights
+    from escalon.offline.judging.calibration_fit import fit_weights
 
     rows = _rows(1500, 3)
     rare = [r for r in rows if r.correct][:25] + [r for r in rows if not r.correct][:200]  # 25 < 10 × 3 judges

@@ -6,7 +6,8 @@ import pytest
 
 from escalon.errors import InvalidInput
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.calibration import Row, fit_calibration
+from escalon.judge.calibration import Row
+from escalon.offline.judging.calibration_fit import fit_calibration
 from escalon.judge.engine import JudgeEngine, known_judges
 from escalon.judge.panel import Candidate
 from escalon.judge.ptrue import FirstTokens, JudgeUnavailable, ptrue_prompt, read_ptrue

@@ -13,8 +13,8 @@ import random
 import pytest
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge import live
-from escalon.serving.backends.base import GenerateResult, Sample, TokenLogprob
+from escalon.offline.judging import live
+from escalon.backends.base import GenerateResult, Sample, TokenLogprob
 
 pytestmark = pytest.mark.unit
 CHOICE = AnswerType.ANSWER_TYPE_CHOICE

@@ -2,7 +2,7 @@
 
 import pytest
 
-from escalon.judge.metrics import auroc, brier, ece, reliability_bins, summarise
+from escalon.offline.judging.metrics import auroc, brier, ece, reliability_bins, summarise
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def test_summary_reports_base_rate_and_rejects_bad_confidences():
 
 
 def test_the_ece_noise_floor_is_what_a_calibrated_predictor_shows_by_chance():
-    from escalon.judge.metrics import ece_noise_floor
+    from escalon.offline.judging.metrics import ece_noise_floor
 
     graded = [i / 199 for i in range(200)]
     assert 0.01 < ece_noise_floor(graded) < 0.1  # 200 answers over 10 bins: a few points of pure noise

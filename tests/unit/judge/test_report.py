@@ -9,7 +9,7 @@ import pytest
 
 from escalon.cli import main
 from escalon.judge.calibration import Calibration
-from escalon.judge.report import ReportConfig, answer_type_for, family_of, run_report
+from escalon.offline.judging.report import ReportConfig, answer_type_for, family_of, run_report
 
 pytestmark = pytest.mark.unit
 

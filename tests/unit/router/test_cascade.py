@@ -7,7 +7,7 @@ from escalon.errors import BudgetExceeded, RungUnavailable
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.registry import Catalogue, Rung
 from escalon.router.cascade import Cascade, Generation, SamplingConfig
-from escalon.router.inprocess import PanelScorer
+from escalon.offline.evaluation.inprocess import PanelScorer
 from escalon.router.policy import CheapestFirstPolicy, RouteQuery
 
 pytestmark = pytest.mark.unit

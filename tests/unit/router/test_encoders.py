@@ -11,10 +11,10 @@ from escalon.router.artefact import LiveArtefact, load_artefact
 from escalon.router import embedding
 from escalon.router.embedding import (MINILM, MINILM_INT8, STATIC, MiniLMEncoder, MiniLMInt8Encoder, StaticEncoder,
                                       make_encoder, minilm_folder, require_encoder)
-from escalon.router.evaluation import evaluate
+from escalon.offline.evaluation.evaluation import evaluate
 from escalon.router.policy import RouteQuery
 from escalon.router.routing import ArtefactPolicy, HybridPolicy
-from escalon.router.synthetic import write_synthetic
+from escalon.offline.evaluation.synthetic import write_synthetic
 
 
 def test_the_static_encoder_returns_normalised_rows_of_its_dim_and_tells_texts_apart():

@@ -1,4 +1,4 @@
-"""Folding a promoted student into a router artefact (escalon.router.fold) on a small synthetic benchmark:
+"""Folding a promoted student into a router artefact (escalon.offline.evaluation.fold) on a small synthetic benchmark:
 the real artefact files, the real profile table the promote job writes, the real HybridPolicy."""
 
 import json
@@ -10,14 +10,14 @@ from escalon.distill.jobs.profile import ProfileParams, build_table
 from escalon.errors import ConfigError
 from escalon.registry import Catalogue, Rung
 from escalon.router.artefact import LiveArtefact, load_artefact
-from escalon.router.benchmark import load_benchmark
+from escalon.benchmark import load_benchmark
 from escalon.router.embedding import HashingEncoder
-from escalon.router.evaluation import evaluate
-from escalon.router.fold import fold_promotion
+from escalon.offline.evaluation.evaluation import evaluate
+from escalon.offline.evaluation.fold import fold_promotion
 from escalon.router.policy import RouteQuery
-from escalon.router.replay_cascade import replay_catalogue
+from escalon.offline.evaluation.replay_cascade import replay_catalogue
 from escalon.router.routing import HybridPolicy
-from escalon.router.synthetic import write_synthetic
+from escalon.offline.evaluation.synthetic import write_synthetic
 
 pytestmark = pytest.mark.unit
 STUDENT = "small-distilled-1"
@@ -108,7 +108,7 @@ def test_the_promote_job_folds_its_rung_into_the_router_artefact_and_reports_a_f
     import shutil
 
     from escalon.distill.jobs import LocalContext
-    from escalon.distill.jobs.promote import PromoteParams, _fold_into_router
+    from escalon.offline.jobs.promote import PromoteParams, _fold_into_router
 
     folder, _ = trained
     artefact_dir = tmp_path / "artefact"

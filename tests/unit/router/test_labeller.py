@@ -1,4 +1,4 @@
-"""The taxonomy's slow path (escalon.router.labeller) on the real SmolLM2-135M, loaded by the serving backend from
+"""The taxonomy's slow path (escalon.offline.labelling.labeller) on the real SmolLM2-135M, loaded by the serving backend from
 the converted copy under the models folder (the first run in a fresh folder converts the GGUF, ~30 s).
 
 The classifier is the real taxonomy head on the real static encoder, fitted on a few hand-written prompts of three
@@ -19,7 +19,7 @@ import pytest
 from escalon.errors import ConfigError
 from escalon.registry import load_catalogue
 from escalon.router.embedding import make_encoder
-from escalon.router.labeller import (
+from escalon.offline.labelling.labeller import (
     ChannelScorer,
     ExampleBank,
     LabelCard,
@@ -67,7 +67,7 @@ SUM_QUERY = "Sara had 12 cookies and ate 4. How many cookies are left?"
 
 @pytest.fixture(scope="module")
 def smollm():
-    from escalon.judge.live import load_local_backend
+    from escalon.offline.judging.live import load_local_backend
 
     return load_local_backend(load_catalogue().get("smollm2-135m"), torch_threads=1)
 

@@ -1,12 +1,12 @@
-"""The RouteLLM-style matrix-factorisation baseline (escalon.router.baselines.MatrixFactorisation) on planted data,
+"""The RouteLLM-style matrix-factorisation baseline (escalon.offline.evaluation.baselines.MatrixFactorisation) on planted data,
 and its place in the harness."""
 
 import numpy as np
 import pytest
 
-from escalon.router.baselines import MF_DIM, MF_EPOCHS, MatrixFactorisation
-from escalon.router.evaluation import ALL_POLICIES, evaluate
-from escalon.router.synthetic import write_synthetic
+from escalon.offline.evaluation.baselines import MF_DIM, MF_EPOCHS, MatrixFactorisation
+from escalon.offline.evaluation.evaluation import ALL_POLICIES, evaluate
+from escalon.offline.evaluation.synthetic import write_synthetic
 
 pytestmark = pytest.mark.unit
 HASHING = "hashing-trigram-256"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from escalon.router.metrics import aiq, cost_to_match, frontier, quality_at_cost, upper_hull
+from escalon.offline.evaluation.metrics import aiq, cost_to_match, frontier, quality_at_cost, upper_hull
 
 pytestmark = pytest.mark.unit
 

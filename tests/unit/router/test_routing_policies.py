@@ -1,4 +1,4 @@
-"""The routing policies, the harness and the artefact on tiny synthetic data (escalon.router.synthetic)."""
+"""The routing policies, the harness and the artefact on tiny synthetic data (escalon.offline.evaluation.synthetic)."""
 
 import json
 import os
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from escalon.errors import ConfigError
-from escalon.judge.panel import JudgeWeights
+from escalon.judging import JudgeWeights
 from escalon.router.artefact import LiveArtefact, load_artefact
-from escalon.router.cascade import JudgeVerdict
-from escalon.router.evaluation import evaluate
-from escalon.router.replay_cascade import fit_judge_weights
+from escalon.judging import JudgeResult
+from escalon.offline.evaluation.evaluation import evaluate
+from escalon.offline.evaluation.replay_cascade import fit_judge_weights
 from escalon.router.routing import build_plan, lambda_for_threshold
 from escalon.router.routing_model import choose
-from escalon.router.synthetic import write_synthetic
+from escalon.offline.evaluation.synthetic import write_synthetic
 
 pytestmark = pytest.mark.unit
 HASHING = "hashing-trigram-256"
@@ -60,8 +60,8 @@ def test_judge_weights_learn_that_cross_model_agreement_means_correct():
     for _ in range(300):
         correct = rng.random() < 0.5
         agree = float(correct if rng.random() < 0.9 else not correct)
-        verdicts = (JudgeVerdict("cross_model", agree), JudgeVerdict("predicted_success", 0.5),
-                    JudgeVerdict("agreement", 0.0, skipped=True))
+        verdicts = (JudgeResult("cross_model", agree), JudgeResult("predicted_success", 0.5),
+                    JudgeResult("agreement", 0.0, skipped=True))
         attempts.append((verdicts, float(correct)))
     weights = fit_judge_weights(attempts)
     assert weights.weights["cross_model"][0] > 2.0
@@ -151,7 +151,7 @@ def test_benchmarks_without_responses_or_prices_are_reported_not_crashed(tmp_pat
 
 
 def test_the_frugal_cascade_pays_for_every_rung_it_tries():
-    from escalon.router.baselines import frugal_points
+    from escalon.offline.evaluation.baselines import frugal_points
 
     scores = np.array([[1.0, 1.0], [0.0, 1.0]])
     costs = np.array([[1.0, 10.0], [1.0, 10.0]])
@@ -166,7 +166,7 @@ def test_the_frugal_cascade_pays_for_every_rung_it_tries():
 
 
 def test_a_sparse_benchmark_leaves_out_the_model_missing_on_test(tmp_path):
-    from escalon.router.synthetic import synthetic_frame
+    from escalon.offline.evaluation.synthetic import synthetic_frame
 
     frame = synthetic_frame(n=90)
     sparse = (frame["model"] == "otherlab/mid") & (frame["split"] == "test") & (frame.index % 5 != 0)
@@ -194,7 +194,7 @@ def _tuning_case(phi_informative: bool, n: int = 600, seed: int = 0):
 
 
 def test_the_hybrid_keeps_the_taxonomy_path_only_when_it_beats_always_learned_beyond_the_noise():
-    from escalon.router.routing_model import tune_familiarity
+    from escalon.offline.evaluation.routing_fit import tune_familiarity
 
     pred, scores, costs = _tuning_case(phi_informative=True)
     chosen = tune_familiarity(pred, scores, costs, cost_scale=10.0)

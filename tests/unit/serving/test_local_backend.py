@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from escalon.errors import ConfigError, InvalidInput
-from escalon.serving.backends import GenerateParams, GenerateResult
-from escalon.serving.backends.local import LocalBackend, resolve_source
+from escalon.backends import GenerateParams, GenerateResult
+from escalon.backends.local import LocalBackend, resolve_source
 from servingkit import smollm_rung
 
 pytestmark = pytest.mark.unit

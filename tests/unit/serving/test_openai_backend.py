@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from escalon.errors import ConfigError, InvalidInput, RungUnavailable
-from escalon.serving.backends import GenerateParams
-from escalon.serving.backends.openai_compat import OpenAICompatBackend
+from escalon.backends import GenerateParams
+from escalon.backends.openai_compat import OpenAICompatBackend
 from servingkit import openai_rung
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from escalon.errors import ConfigError, RungUnavailable
-from escalon.serving.backends import GenerateParams
-from escalon.serving.backends.replay import ReplayBackend
+from escalon.backends import GenerateParams
+from escalon.backends.replay import ReplayBackend
 from servingkit import DEMO_BENCHMARK, MIXTRAL, replay_rung
 
 pytestmark = pytest.mark.unit

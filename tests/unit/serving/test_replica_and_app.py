@@ -15,7 +15,7 @@ from escalon.config import load_settings
 from escalon.errors import ConfigError
 from escalon.serving.__main__ import main
 from escalon.serving.app import build_app
-from escalon.serving.backends import GenerateParams
+from escalon.backends import GenerateParams
 from escalon.serving.deployment import RungReplica, deployment_options
 from escalon.serving.settings import ServingSettings
 from escalon.telemetry import ATTR_RUNG, configure_telemetry
