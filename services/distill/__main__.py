@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 import sys
 
-from escalon.config import load_settings
-from escalon.distill.settings import QUEUES, DistillSettings, env_help
-from escalon.errors import ConfigError
+from escalon.distill.settings import QUEUES, DistillSettings
+from escalon.errors import ConfigError, EscalonError
+from escalon.main import main as run_main
 
-PROG = "python -m escalon.distill"
+DESCRIPTION = ("Escalon's distill service: offline jobs (profiling, evaluation, distillation) on a Celery queue. "
+               "`serve` (the default) runs the gRPC front; `worker` runs the jobs. Start both with the same "
+               "environment (the front and the workers must agree).")
+EXAMPLES = ("With nothing set, everything lives under ESCALON_DATA_DIR and needs no server: an SQLite broker, "
+            "result store and job store.\nExamples:\n"
+            "  ESCALON_DATA_DIR=/tmp/escalon python -m escalon.distill &\n"
+            "  ESCALON_DATA_DIR=/tmp/escalon python -m escalon.distill worker --queues cpu\n"
+            "  ESCALON_DISTILL_BROKER_URL=redis://127.0.0.1:6379/0 python -m escalon.distill worker")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Escalon's distill service: offline jobs (profiling, evaluation, distillation) on a Celery "
-        "queue. `serve` (the default) runs the gRPC front; `worker` runs the jobs. Start both with the same "
-        "environment.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="environment (the front and the workers must agree):\n"
-        + env_help()
-        + "\n\nWith nothing set, everything lives under ESCALON_DATA_DIR and needs no server: an SQLite broker, "
-        "result store and job store.\nExamples:\n"
-        "  ESCALON_DATA_DIR=/tmp/escalon python -m escalon.distill &\n"
-        "  ESCALON_DATA_DIR=/tmp/escalon python -m escalon.distill worker --queues cpu\n"
-        "  ESCALON_DISTILL_BROKER_URL=redis://127.0.0.1:6379/0 python -m escalon.distill worker",
-    )
+class StoreUnreachable(EscalonError):
+    """The job store's database did not answer at start."""
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the gRPC front (the default)")
     worker = sub.add_parser(
@@ -56,38 +52,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--loglevel", default="INFO", help="worker log level (default: INFO)")
     worker.add_argument("--hostname", default=None, help="worker node name (default: distill@<host>)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("escalon-distill", DistillSettings, _start, description=DESCRIPTION, argv=argv,
+                    arguments=_arguments, epilog=EXAMPLES)
+
+
+def _start(settings: DistillSettings, args: argparse.Namespace) -> None:
     import sqlalchemy.exc
 
-    args = _parser().parse_args(argv)
     try:
-        settings = load_settings(DistillSettings)
         if args.command == "worker":
-            return _worker(settings, args)
-        return _serve(settings)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+            _worker(settings, args)
+        else:
+            _serve(settings)
     except sqlalchemy.exc.OperationalError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0]
-        print(f"{PROG}: the job store ESCALON_DISTILL_DATABASE_URL is unreachable: {first}", file=sys.stderr)
-        return 1
+        raise StoreUnreachable(f"the job store ESCALON_DISTILL_DATABASE_URL is unreachable: {first}") from None
 
 
-def _serve(settings: DistillSettings) -> int:
+def _serve(settings: DistillSettings) -> None:
     from escalon.distill.servicer import DistillService
     from escalon.grpc import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(DistillService(settings), settings, "escalon-distill"))
-    return 0
 
 
-def _worker(settings: DistillSettings, args: argparse.Namespace) -> int:
+def _worker(settings: DistillSettings, args: argparse.Namespace) -> None:
     from escalon.distill.celery_app import create_celery
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -114,7 +107,6 @@ def _worker(settings: DistillSettings, args: argparse.Namespace) -> int:
             "--without-heartbeat",
         ]
     )
-    return 0
 
 
 if __name__ == "__main__":

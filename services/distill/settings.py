@@ -42,6 +42,7 @@ class DistillSettings(ServiceSettings):
     # populate_by_name: `DistillSettings(data_dir=...)` must work as well as ESCALON_DATA_DIR (the base class
     # gives data_dir an env alias, and with extra="ignore" a field name would otherwise be dropped silently).
     model_config = SettingsConfigDict(env_prefix="ESCALON_DISTILL_", extra="ignore", populate_by_name=True)
+    help_defaults = {name: "derived from ESCALON_DATA_DIR" for name in ("broker_url", "result_backend", "database_url")}
 
     port: int = Field(default=50054, ge=0, le=65535, description="gRPC port of the front; 0 picks a free one")
     broker_url: str = Field(
@@ -145,15 +146,3 @@ class DistillSettings(ServiceSettings):
         if url.startswith(("amqp://", "amqps://", "pyamqp://")):
             return "amqp"
         return "memory"
-
-
-def env_help() -> str:
-    """The environment variables, one per line, for `--help`."""
-    lines = []
-    for name, info in DistillSettings.model_fields.items():
-        alias = info.validation_alias
-        env = alias.choices[0] if alias is not None and hasattr(alias, "choices") else f"ESCALON_DISTILL_{name}".upper()
-        default = info.default
-        shown = "derived from ESCALON_DATA_DIR" if name in {"broker_url", "result_backend", "database_url"} else default
-        lines.append(f"  {env:<42} {info.description or ''} [default: {shown}]")
-    return "\n".join(lines)

@@ -10,51 +10,26 @@ process was stopped, as with any signalled process).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from pydantic import AliasChoices, SecretStr
+from escalon.main import main as run_main
 
-from escalon.config import load_settings
-from escalon.errors import ConfigError
-
-
-def _environment_help(cls) -> str:
-    prefix = cls.model_config.get("env_prefix", "")
-    lines = ["environment:"]
-    for name, info in cls.model_fields.items():
-        alias = info.validation_alias
-        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"{prefix}{name}".upper()
-        default = info.get_default(call_default_factory=True)
-        if isinstance(default, list):
-            default = ",".join(str(d) for d in default if not isinstance(d, SecretStr)) or "(none)"
-        lines.append(f"  {env:<36} {info.description or ''} [default: {'-' if default is None else default}]")
-    return "\n".join(lines)
+DESCRIPTION = ("Start Escalon's HTTP gateway: the OpenAI-compatible API (/v1/chat/completions, /v1/models) over the "
+               "Router API, and the operator's page (/ops). Stops gracefully on SIGTERM.")
 
 
 def main(argv: list[str] | None = None) -> int:
     from escalon.gateway.settings import GatewaySettings
 
-    parser = argparse.ArgumentParser(
-        prog="python -m escalon.gateway",
-        description="Start Escalon's HTTP gateway: the OpenAI-compatible API (/v1/chat/completions, /v1/models) "
-                    "over the Router API, and the operator's page (/ops). Stops gracefully on SIGTERM.",
-        epilog=_environment_help(GatewaySettings) + "\n\nStandard OTEL_* variables configure tracing.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--port", type=int, help="override the port from the environment")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings(GatewaySettings, **({"port": args.port} if args.port is not None else {}))
-        settings.check_api_keys()
-        if settings.frontier_report is not None:
-            from escalon.gateway.traffic import frontier_from_report
+    return run_main("escalon-gateway", GatewaySettings, _serve, description=DESCRIPTION, argv=argv)
 
-            frontier_from_report(settings.frontier_report)  # a bad report path stops the start, with its reason
-    except ConfigError as exc:
-        print(f"escalon-gateway: {exc}", file=sys.stderr)
-        return 2
+
+def _serve(settings, args: argparse.Namespace) -> None:
+    settings.check_api_keys()
+    if settings.frontier_report is not None:
+        from escalon.gateway.traffic import frontier_from_report
+
+        frontier_from_report(settings.frontier_report)  # a bad report path stops the start, with its reason
 
     import uvicorn
 
@@ -69,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish (grace), lifespan shutdown (close the
     # channels, flush spans); uvicorn then re-raises the signal, so a signalled stop ends as one.
     uvicorn.Server(config).run()
-    return 0
 
 
 if __name__ == "__main__":

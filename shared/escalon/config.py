@@ -9,9 +9,9 @@ validation report into one message that names every bad variable and what it exp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from escalon.errors import ConfigError
@@ -24,6 +24,8 @@ class ServiceSettings(BaseSettings):
 
     # populate_by_name: code and tests may pass data_dir=... as well as the environment names.
     model_config = SettingsConfigDict(env_prefix="ESCALON_", extra="ignore", populate_by_name=True)
+    #: field -> what --help shows as its default where the value is computed (say, from ESCALON_DATA_DIR)
+    help_defaults: ClassVar[dict[str, str]] = {}
 
     catalogue: Path | None = Field(
         default=None,
@@ -68,3 +70,20 @@ def _env_name(cls: type[BaseSettings], field: str, prefix: str) -> str:
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
     return f"{prefix}{field}".upper()
+
+
+def settings_help(cls: type[BaseSettings]) -> str:
+    """The environment variables of a settings class for --help, one per line: name, what it does, default.
+    The one renderer every entry point uses (escalon.main)."""
+    prefix = cls.model_config.get("env_prefix", "")
+    shown_defaults = getattr(cls, "help_defaults", {})
+    lines = []
+    for name, info in cls.model_fields.items():
+        default = shown_defaults.get(name)
+        if default is None:
+            value = info.get_default(call_default_factory=True)
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value if not isinstance(v, SecretStr)) or "(none)"
+            default = "-" if value is None else str(value)
+        lines.append(f"  {_env_name(cls, name, prefix):<38} {info.description or ''} [default: {default}]")
+    return "environment:\n" + "\n".join(lines)
