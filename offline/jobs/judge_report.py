@@ -15,11 +15,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from escalon.benchmark import COLUMNS
 from escalon.distill.jobs.base import JobContext, JobKind, JobParams
 from escalon.distill.jobs.benchmark import resolve_benchmark
 from escalon.errors import InvalidInput
-
-COLUMNS = ("prompt_id", "task", "split", "prompt", "model", "response", "score", "cost_usd")
 
 
 class JudgeReportParams(JobParams):

@@ -19,7 +19,6 @@ calibration.json (escalon.judge-calibration/v1, fitted on the fit split) — wha
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -29,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from escalon.answers import infer_answer_type
+from escalon.benchmark import hash_split, hash_unit, read_table
 from escalon.errors import InvalidInput
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.answers import infer_answer_type
 from escalon.judge.engine import JudgeEngine
 from escalon.judge.panel import Candidate
 from escalon.judge.ptrue import JudgeModel
@@ -48,7 +48,6 @@ from escalon.offline.judging.reporting import (
 log = logging.getLogger(__name__)
 
 FORMAT = "escalon.judge-report/v1"
-COLUMNS = ("prompt_id", "task", "split", "prompt", "model", "response", "score", "cost_usd")
 RECORDED_JUDGES = ("agreement", "entropy", "fsd", "cross_model", "format", "hedging", "brevity", "arithmetic",
                    "p_true")
 
@@ -104,28 +103,9 @@ class ReportConfig:
     notes: list[str] = field(default_factory=list)
 
 
-def benchmark_file(path: Path) -> Path:
-    """The parquet file: `path` itself, or benchmark.parquet inside a benchmark folder (the shared layout)."""
-    if path.is_dir():
-        path = path / "benchmark.parquet"
-    if not path.is_file():
-        raise InvalidInput(f"no benchmark file at {path}: give a benchmark.parquet or the folder holding one",
-                           field="benchmark")
-    return path
-
-
-def load_benchmark(config: ReportConfig):
-    import pandas as pd
-
-    config.benchmark = benchmark_file(config.benchmark)
-    try:
-        table = pd.read_parquet(config.benchmark)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a parquet file"
-        raise InvalidInput(f"{config.benchmark} is not a readable parquet file: {exc}", field="benchmark") from None
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise InvalidInput(f"{config.benchmark} lacks columns {', '.join(missing)} (the shared routing format)",
-                           field="benchmark")
+def recorded_answers(config: ReportConfig):
+    """The benchmark's rows with a recorded response and score (the judges' material), of the chosen tasks."""
+    config.benchmark, table = read_table(config.benchmark)
     table = table[table["response"].map(lambda r: isinstance(r, str) and bool(r.strip()))]
     table = table[table["score"].notna()]
     if config.tasks:
@@ -137,13 +117,8 @@ def load_benchmark(config: ReportConfig):
     return table
 
 
-def _hash_split(prompt_id: str, seed: int) -> str:
-    digest = hashlib.sha1(f"{seed}:{prompt_id}".encode()).digest()
-    return "train" if digest[0] % 2 == 0 else "test"
-
-
 def _sampled(prompt_id: str, seed: int) -> float:
-    return int.from_bytes(hashlib.sha1(f"ptrue:{seed}:{prompt_id}".encode()).digest()[:4], "big") / 2**32
+    return hash_unit(prompt_id, seed=f"ptrue:{seed}")
 
 
 async def judge_table(table, config: ReportConfig, engine: JudgeEngine,
@@ -158,7 +133,7 @@ async def judge_table(table, config: ReportConfig, engine: JudgeEngine,
     for (task, prompt_id), rows in table.groupby(["task", "prompt_id"], sort=True):
         split = rows["split"].iloc[0]
         if task in hashed:
-            split = {"train": config.fit_split, "test": config.eval_split}[_hash_split(str(prompt_id), config.seed)]
+            split = {"train": config.fit_split, "test": config.eval_split}[hash_split(str(prompt_id), 0.5, seed=config.seed)]
         if split not in (config.fit_split, config.eval_split):
             continue
         prompts.append((task, str(prompt_id), split, rows))
@@ -400,7 +375,7 @@ def make_engine(config: ReportConfig) -> tuple[JudgeEngine, Callable[[], None]]:
 
 def run_report(config: ReportConfig, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Judge, fit on the fit split, evaluate on the other, write the artefacts; returns the report (and paths)."""
-    table = load_benchmark(config)
+    table = recorded_answers(config)
     engine, close = make_engine(config)
     try:
         items = asyncio.run(judge_table(table, config, engine, progress))

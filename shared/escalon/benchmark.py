@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from escalon.errors import ConfigError
+from escalon.errors import ConfigError, InvalidInput
 
 COLUMNS = ("prompt_id", "task", "split", "prompt", "model", "response", "score", "cost_usd")
 TRAIN_LABELS = {"train", "training", "dev", "val", "valid", "validation"}
@@ -31,10 +31,20 @@ TEST_LABELS = {"test", "testing", "eval", "evaluation", "heldout", "held_out", "
 TEST_SHARE = 0.3
 
 
-def hash_split(prompt_id: str, test_share: float = TEST_SHARE) -> str:
-    """Deterministic train/test assignment: the same prompt_id lands in the same split on every machine."""
-    h = int.from_bytes(hashlib.sha256(str(prompt_id).encode()).digest()[:8], "big") / 2**64
-    return "test" if h < test_share else "train"
+def hash_unit(key: str, seed: int | str | None = None) -> float:
+    """A number in [0, 1) fixed by the key (and the seed, when given): the same on every machine and run."""
+    text = str(key) if seed is None else f"{seed}:{key}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def hash_split(key: str, test_share: float = TEST_SHARE, *, val_share: float = 0.0, seed: int | None = None) -> str:
+    """Deterministic split assignment from the key alone (a prompt id, a normalised prompt): the same key lands
+    in the same split on every machine. `test_share` of keys go to test, `val_share` to val, the rest to train;
+    a seed draws another assignment."""
+    h = hash_unit(key, seed)
+    if h < test_share:
+        return "test"
+    return "val" if h < test_share + val_share else "train"
 
 
 def rung_name(model: str) -> str:
@@ -107,25 +117,38 @@ class Benchmark:
                          self.split_note, list(self.notes))
 
 
-def resolve_benchmark_path(path: Path | str) -> Path:
+def benchmark_file(path: Path | str) -> Path:
+    """The parquet file: `path` itself, or benchmark.parquet inside a benchmark folder (the shared layout)."""
     path = Path(path)
     if path.is_dir():
         path = path / "benchmark.parquet"
-    if not path.exists():
-        raise ConfigError(f"no benchmark at {path}: give a folder holding benchmark.parquet or the file itself")
+    if not path.is_file():
+        raise InvalidInput(f"no benchmark file at {path}: give a benchmark.parquet or the folder holding one",
+                           field="benchmark")
     return path
 
 
-def load_benchmark(path: Path | str, *, test_share: float = TEST_SHARE) -> Benchmark:
-    file = resolve_benchmark_path(path)
+def read_table(path: Path | str, required: tuple[str, ...] = COLUMNS) -> tuple[Path, pd.DataFrame]:
+    """The benchmark's rows as they are in the file (one per prompt and model), once its `required` columns
+    are there; InvalidInput naming `benchmark` otherwise."""
+    file = benchmark_file(path)
     try:
         table = pd.read_parquet(file)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a usage error
-        raise ConfigError(f"cannot read {file} as parquet: {exc}") from None
-    missing = [c for c in COLUMNS if c not in table.columns and c not in ("response", "split", "task")]
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a parquet file"
+        raise InvalidInput(f"{file} is not a readable parquet file: {exc}", field="benchmark") from None
+    missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ConfigError(f"{file} lacks columns {', '.join(missing)} (the shared routing format has "
-                          f"{', '.join(COLUMNS)})")
+        raise InvalidInput(f"{file} lacks columns {', '.join(missing)} (the shared routing format has "
+                           f"{', '.join(COLUMNS)})", field="benchmark")
+    return file, table
+
+
+def load_benchmark(path: Path | str, *, test_share: float = TEST_SHARE) -> Benchmark:
+    """The benchmark as matrices (prompts × models); response, split and task may be absent from the file."""
+    try:
+        file, table = read_table(path, tuple(c for c in COLUMNS if c not in ("response", "split", "task")))
+    except InvalidInput as exc:  # to a router being configured with it, a bad benchmark is a configuration error
+        raise ConfigError(str(exc)) from None
     notes: list[str] = []
     table = table.copy()
     if "task" not in table.columns:

@@ -11,9 +11,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from escalon.benchmark import COLUMNS
 from escalon.errors import InvalidInput
-
-ROUTING_COLUMNS = ("prompt_id", "task", "split", "prompt", "model", "response", "score", "cost_usd")
 
 
 def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *, field: str) -> str:
@@ -37,7 +36,7 @@ def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise InvalidInput(
-            f"{str(path)!r} lacks column(s) {', '.join(missing)} of the routing format ({', '.join(ROUTING_COLUMNS)})",
+            f"{str(path)!r} lacks column(s) {', '.join(missing)} of the routing format ({', '.join(COLUMNS)})",
             field=field,
         )
     return str(path.resolve())

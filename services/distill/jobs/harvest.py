@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from escalon.benchmark import hash_split
 from escalon.distill.jobs.base import JobContext, JobKind, JobParams, pause
 from escalon.distill.jobs.benchmark import resolve_benchmark
 from escalon.distill.training import arith
-from escalon.distill.training.data import Item, canonical, hash_split, item_id, normalise_prompt, write_jsonl
+from escalon.distill.training.data import Item, canonical, item_id, normalise_prompt, write_jsonl
 from escalon.errors import InvalidInput
 
 FORMAT = "escalon.dataset/v1"
@@ -100,9 +101,9 @@ def run(params: HarvestParams, ctx: JobContext) -> dict[str, Any]:
         if split == "test":
             pass
         elif split == "train":
-            split = hash_split(key, params.val_fraction, 0.0, params.seed)  # the train part: train or val
+            split = hash_split(key, 0.0, val_share=params.val_fraction, seed=params.seed)  # the train part: train or val
         else:
-            split = hash_split(key, params.val_fraction, params.test_fraction, params.seed)
+            split = hash_split(key, params.test_fraction, val_share=params.val_fraction, seed=params.seed)
         items.append(Item(id=r.get("id") or item_id(r["prompt"]), prompt=r["prompt"], answer=r["answer"],
                           answer_type=r.get("answer_type", params.answer_type), split=split,
                           source=r.get("source", params.source), meta=r.get("meta", {})))

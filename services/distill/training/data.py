@@ -91,16 +91,6 @@ def by_split(items: list[Item]) -> dict[str, list[Item]]:
     return out
 
 
-def hash_split(key: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
-    """A stable split from the prompt alone: the same prompt lands in the same split on every run."""
-    h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    if h < test_fraction:
-        return "test"
-    if h < test_fraction + val_fraction:
-        return "val"
-    return "train"
-
-
 def strategy_of(text: str) -> tuple[str | None, str]:
     """('cot'|'l2m'|'pot'|None, the solution without its tag)."""
     match = STRATEGY.match(text)
