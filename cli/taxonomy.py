@@ -24,7 +24,8 @@ is printed at the end.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from escalon.offline.labelling.labeller import DEFAULT_EXAMPLES, DEFAULT_THRESHOLD, DEFAULT_TOP_K, DEFAULT_WEIGHT, MODES
+    from escalon.offline.labelling.labeller import DEFAULT_EXAMPLES, DEFAULT_THRESHOLD, DEFAULT_TOP_K, DEFAULT_WEIGHT
+    from escalon.offline.labelling.scorers import MODES
 
     taxonomy = sub.add_parser("taxonomy", help="the taxonomy's labels: label prompts with task types")
     actions = taxonomy.add_subparsers(dest="taxonomy_command", required=True, metavar="ACTION")
@@ -83,15 +84,15 @@ def run(args: argparse.Namespace) -> int:
 
     from escalon.config import ServiceSettings, load_settings
     from escalon.errors import ConfigError
-    from escalon.offline.labelling import labeller as lab
+    from escalon.offline.labelling import labeller as lab, rows as files, scorers
 
     console = Console(stderr=True)
-    rows = lab.read_prompts(args.input, args.column)
+    rows = files.read_prompts(args.input, args.column)
     if args.out.suffix.lower() not in (".jsonl", ".ndjson"):
         raise ConfigError(f"--out {args.out} should be a .jsonl file (one labelled row a line)", field="out")
     if args.gold_column and not any(args.gold_column in r for r in rows):
         raise ConfigError(f"{args.input} has no {args.gold_column!r} column to compare with", field="gold-column")
-    descriptions = lab.read_descriptions(args.descriptions)
+    descriptions = files.read_descriptions(args.descriptions)
     settings = load_settings(ServiceSettings)
     cache = args.cache_dir or settings.data_dir / "embeddings"
     artefact = args.artefact or (Path(os.environ["ESCALON_ROUTER_ARTEFACT"])
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = None
     if args.labeller.lower() != "none":
         console.log(f"loading labeller rung {args.labeller}")
-        scorer = lab.make_scorer(args.labeller, mode=args.mode, catalogue=args.catalogue or settings.catalogue,
+        scorer = scorers.make_scorer(args.labeller, mode=args.mode, catalogue=args.catalogue or settings.catalogue,
                                  torch_threads=args.threads)
     labeller = lab.LLMLabeller(classifier, scorer, threshold=args.threshold, top_k=args.top_k, weight=args.weight,
                                examples=args.examples)
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row, result in zip(rows, results):
-            f.write(json.dumps(lab.output_row(row, result), default=str) + "\n")
+            f.write(json.dumps(files.output_row(row, result), default=str) + "\n")
     tmp.replace(args.out)
     llm = [r for r in results if r.source != "classifier"]
     line = f"labelled {len(results)} prompts → {args.out}: {len(results) - len(llm)} by the classifier"

@@ -28,7 +28,6 @@ FUNCTION_LIMIT = 100
 # path -> lines when listed. May only shrink: remove an entry once its file is split.
 FILE_EXCEPTIONS: dict[str, int] = {
     "services/distill/store.py": 703,
-    "offline/labelling/labeller.py": 519,
 }
 # "path:function" -> lines when listed. May only shrink.
 FUNCTION_EXCEPTIONS: dict[str, int] = {

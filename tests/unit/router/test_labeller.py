@@ -19,16 +19,14 @@ import pytest
 from escalon.errors import ConfigError
 from escalon.registry import load_catalogue
 from escalon.router.embedding import make_encoder
-from escalon.offline.labelling.labeller import (
+from escalon.offline.labelling.labeller import ExampleBank, LLMLabeller, TaskClassifier
+from escalon.offline.labelling.rows import read_prompts
+from escalon.offline.labelling.scorers import (
     ChannelScorer,
-    ExampleBank,
     LabelCard,
     LabelTokensScorer,
-    LLMLabeller,
-    TaskClassifier,
     make_scorer,
     read_letters,
-    read_prompts,
     sequence_logprobs,
 )
 from escalon.router.taxonomy import Taxonomy
