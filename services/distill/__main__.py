@@ -52,6 +52,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     worker.add_argument("--loglevel", default="INFO", help="worker log level (default: INFO)")
     worker.add_argument("--hostname", default=None, help="worker node name (default: distill@<host>)")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="port of the worker's /metrics (default: ESCALON_DISTILL_METRICS_PORT; 0 = a free one)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +94,7 @@ def _worker(settings: DistillSettings, args: argparse.Namespace) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)
     app.job_store()  # fail now, with the database's own message, if the job store is unreachable
+    _worker_metrics(settings, args)
     app.worker_main(
         [
             "worker",
@@ -107,6 +110,25 @@ def _worker(settings: DistillSettings, args: argparse.Namespace) -> None:
             "--without-heartbeat",
         ]
     )
+
+
+def _worker_metrics(settings: DistillSettings, args: argparse.Namespace) -> None:
+    """The worker's /metrics, served by its main process (the consumer): the job messages it took, by queue.
+    Job counts by kind and state and the queues' lengths come from the distill front, which is always up."""
+    from celery import signals
+
+    from escalon.metrics import metrics, serve_metrics
+
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if port is None:
+        return
+    serve_metrics(port, settings.host, setting="ESCALON_DISTILL_METRICS_PORT (or --metrics-port)")
+
+    def received(request=None, **_: object) -> None:
+        queue = ((getattr(request, "delivery_info", None) or {}).get("routing_key")) or "unknown"
+        metrics().tasks_received.labels(queue).inc()
+
+    signals.task_received.connect(received, weak=False, dispatch_uid="escalon-worker-metrics")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,13 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from escalon.distill import jobs
 from escalon.distill.celery_app import DistillCelery, create_celery, instrument_celery
+from escalon.distill import metrics as distill_metrics
 from escalon.distill.runner import send_job
 from escalon.distill.settings import QUEUES, DistillSettings
 from escalon.distill.store import Job, JobState, JobStore
 from escalon.errors import AlreadyExists, EscalonError, InvalidInput, NotFound
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
+from escalon.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,10 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         if self._app is None:
             self._app = create_celery(self.settings)
         instrument_celery()  # publishes from here carry the RPC's trace into the worker
+        distill_metrics.install(self._store, self._app)
 
     async def close(self) -> None:
+        distill_metrics.uninstall()
         self._broker.shutdown(wait=True)
         if self._app is not None:
             await asyncio.to_thread(self._app.close)
@@ -127,6 +131,8 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
             raise AlreadyExists(
                 f"job {job_id!r} exists with a different kind, queue or params; choose another id", field="job_id"
             )
+        if created:
+            metrics().jobs_submitted.labels(kind.name).inc()
         if created or (job.state is JobState.QUEUED and job.enqueued_at is None):
             # A new job, or a resubmission of one whose message never reached the broker: publish it.
             await self._publish(job)

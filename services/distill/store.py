@@ -48,6 +48,7 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    func,
     or_,
     select,
     update,
@@ -309,6 +310,12 @@ class JobStore:
         with self._tx(write=False) as conn:
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one_or_none()
         return _job(row) if row is not None else None
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are per (kind, state): one GROUP BY, for the metrics endpoint."""
+        query = select(jobs.c.kind, jobs.c.state, func.count()).group_by(jobs.c.kind, jobs.c.state)
+        with self._tx(write=False) as conn:
+            return {(kind, state): int(n) for kind, state, n in conn.execute(query).all()}
 
     def events(self, job_id: str) -> list[JobEvent]:
         with self._tx(write=False) as conn:

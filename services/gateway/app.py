@@ -53,6 +53,7 @@ from escalon.gateway.traffic import TrafficWindow, record_of
 from escalon.gateway.upstream import Upstreams
 from escalon.gen.router.v1 import router_pb2
 from escalon.gen.serving.v1 import serving_pb2
+from escalon.metrics import metrics, serve_metrics
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, Telemetry, tracer
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,14 @@ def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) ->
         upstreams = Upstreams(settings)
         app.state.gateway = Gateway(settings, upstreams, Guard(settings),
                                     TrafficWindow(settings.traffic_window_s, settings.traffic_max_routes))
+        endpoint = serve_metrics(settings.metrics_port, settings.host, setting="ESCALON_GATEWAY_METRICS_PORT")
+        app.state.metrics_port = endpoint.port if endpoint else None
         try:
             yield
         finally:
             await upstreams.close()
+            if endpoint is not None:
+                endpoint.close()
             if telemetry is not None:
                 telemetry.shutdown()
 
@@ -112,6 +117,7 @@ def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) ->
                            expose_headers=["x-escalon-rung", "x-escalon-cost-usd", "x-escalon-confidence",
                                            "x-escalon-trace-id", "x-request-id", "retry-after"])
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outermost: its duration includes the tracing and the error handlers
     _install_error_handlers(app)
     _add_api_routes(app)
     app.include_router(ops.router)
@@ -306,6 +312,42 @@ def _install_error_handlers(app: FastAPI) -> None:
         count(request, 500)
         return APIError(500, f"internal error: {type(exc).__name__}", type="server_error",
                         code="internal_error").response()
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------
+
+class MetricsMiddleware:
+    """http.server.request.duration by method, route template and status, and requests in flight. A path no
+    route matched counts as http_route="" (a bounded label set, whatever clients send)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        m = metrics()
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"  # as the conventions say
+        status = 500  # what the client sees when the app dies before it answers
+
+        async def send_counted(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        m.http_active.labels(method).inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            m.http_active.labels(method).dec()
+            route = getattr(scope.get("route"), "path", None) or ""
+            m.http_duration.labels(method, route, str(status)).observe(time.perf_counter() - started)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 # ---- tracing -----------------------------------------------------------------------------------------------

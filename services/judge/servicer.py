@@ -17,6 +17,7 @@ from escalon.judge.ptrue import ServingJudgeModel
 from escalon.judge.sandbox import Sandbox, SandboxLimits
 from escalon.judge.settings import JudgeSettings
 from escalon.judge.tokens import TokenStat
+from escalon.metrics import metrics
 from escalon.registry import Catalogue, load_catalogue
 
 MAX_TASK_CHARS = 128
@@ -61,6 +62,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             task=request.task, judge_rung=request.judge_rung, judge_timeout_s=request.judge_timeout_s,
             predicted_success=self._predicted_success(request), weights=self._weights(request))
         verdict = scored.verdict
+        m = metrics()
+        m.judge_confidence.observe(verdict.confidence)
+        for s in verdict.scores:
+            m.verdicts.labels(s.judge, "skipped" if s.skipped else "scored").inc()
         return judge_pb2.ScoreResponse(
             confidence=verdict.confidence,
             answer=verdict.answer or "",

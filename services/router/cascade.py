@@ -16,7 +16,9 @@ from typing import Protocol
 
 from escalon.errors import BudgetExceeded, RungUnavailable
 from escalon.judging import Candidate, Judgement, JudgeResult
+from escalon.metrics import metrics
 from escalon.registry import Catalogue, Rung
+from escalon.router.circuit import RungBreakers
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
 from escalon.tokens import estimate_tokens
@@ -93,11 +95,12 @@ async def _no_event(kind: str, attempt: Attempt | None, message: str) -> None:
 
 class Cascade:
     def __init__(self, catalogue: Catalogue, generator: Generator, scorer: Scorer,
-                 sampling: SamplingConfig = SamplingConfig()) -> None:
+                 sampling: SamplingConfig = SamplingConfig(), breakers: RungBreakers | None = None) -> None:
         self.catalogue = catalogue
         self.generator = generator
         self.scorer = scorer
         self.sampling = sampling
+        self.breakers = breakers or RungBreakers()
 
     def samples_for(self, rung: Rung) -> int:
         return self.sampling.local_samples if rung.is_local else self.sampling.remote_samples
@@ -121,28 +124,49 @@ class Cascade:
             )
 
     async def run(self, query: RouteQuery, plan: RoutePlan, on_event: EventSink = _no_event,
-                  on_text: Callable[[str, str], Awaitable[None]] | None = None) -> CascadeResult:
+                  on_text: Callable[[str, str], Awaitable[None]] | None = None,
+                  skipped: dict[str, str] | None = None) -> CascadeResult:
+        """`skipped`: rungs the planner left out for their open circuit (escalon.router.circuit.route_around),
+        listed first among the attempts with the reason."""
+        skipped = skipped or {}
         self.check_budget(plan, query)
-        attempts: list[Attempt] = []
+        attempts: list[Attempt] = [Attempt(name, self.catalogue.get(name).family, note=f"skipped: {why}")
+                                   for name, why in skipped.items()]
         references: list[Candidate] = []
         spent = 0.0
+        m = metrics()
         for name in plan.rungs:
             rung = self.catalogue.get(name)
             attempt = Attempt(rung.name, rung.family)
             attempts.append(attempt)
             if query.max_cost_usd is not None and spent + self.cost_bound(rung, query) > query.max_cost_usd:
                 attempt.note = f"skipped: could exceed the budget (spent ${spent:.6f} of ${query.max_cost_usd:.6f})"
+                m.skips.labels(rung.name, "budget").inc()
+                continue
+            if not self.breakers.allow(rung):  # opened by a concurrent request since the plan was made
+                attempt.note = f"skipped: {self.breakers.why(rung)}"
+                m.skips.labels(rung.name, "circuit_open").inc()
                 continue
             await on_event("started", attempt, f"asking {rung.name}")
+            m.attempts.labels(rung.name).inc()
             with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
                 span.set_attribute(ATTR_RUNG, rung.name)
                 try:
                     answers = await self._generate(rung, query, attempt, on_text)
                 except (RungUnavailable, asyncio.TimeoutError) as exc:
-                    attempt.note = f"skipped: {exc or 'timed out'}"
+                    attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
+                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__)
+                    m.failures.labels(rung.name, type(exc).__name__).inc()
                     await on_event("judged", attempt, attempt.note)
                     continue
+                except BaseException:
+                    self.breakers.release(rung)
+                    raise
+                self.breakers.success(rung)
                 spent += attempt.cost_usd
+                m.spend.labels(rung.name).inc(attempt.cost_usd)
+                m.tokens.labels(rung.name, "input").observe(attempt.input_tokens)
+                m.tokens.labels(rung.name, "output").observe(attempt.output_tokens)
                 signals = {}
                 if rung.name in plan.predicted_success:
                     signals["predicted_success"] = float(plan.predicted_success[rung.name])
@@ -156,6 +180,8 @@ class Cascade:
                 attempt.accepted = (judgement.confidence >= plan.threshold
                                     and judgement.agreeing_share >= plan.min_agreeing_share)
                 span.set_attribute(ATTR_CONFIDENCE, attempt.confidence)
+                m.confidence.labels(rung.name).observe(attempt.confidence)
+                (m.accepts if attempt.accepted else m.escalations).labels(rung.name).inc()
                 span.set_attribute(ATTR_ACCEPTED, attempt.accepted)
                 span.set_attribute(ATTR_COST_USD, attempt.cost_usd)
             references.extend(answers)

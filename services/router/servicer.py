@@ -14,6 +14,7 @@ from escalon.errors import InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import open_channel
+from escalon.metrics import metrics
 from escalon.registry import Catalogue, LiveCatalogue, promoted_path
 from escalon.router.cascade import Attempt, Cascade, CascadeResult, SamplingConfig
 from escalon.router.clients import JudgeClient, ServingClient, wait_until_serving
@@ -102,7 +103,12 @@ class Router:
         request_id = request.request_id or uuid.uuid4().hex
         started = time.perf_counter()
         with tracer(__name__).start_as_current_span("escalon.route") as span:
+            decided = time.perf_counter()
             plan = self.policy.plan(query, self.catalogue, self.rungs)
+            metrics().decision_duration.labels(plan.policy).observe(time.perf_counter() - decided)
+            skipped: dict[str, str] = {}
+            if getattr(plan, "stepper", None) is None:  # open circuits: route around them, saying so
+                plan, skipped = self.cascade.breakers.route_around(plan, self.catalogue, self.rungs)
             span.set_attribute(ATTR_POLICY, plan.policy)
             if on_event:
                 await on_event(router_pb2.RouteEvent(kind=router_pb2.ROUTE_EVENT_KIND_DECIDED,
@@ -113,9 +119,11 @@ class Router:
                     await on_event(router_pb2.RouteEvent(kind=_EVENT_KINDS[kind], rung=attempt.rung if attempt else "",
                                                          message=message, attempt=_attempt_pb(attempt)))
 
-            result = await self.cascade.run(query, plan, event, on_text)
+            result = await self.cascade.run(query, plan, event, on_text, skipped=skipped)
             span.set_attribute(ATTR_RUNG, result.rung)
             span.set_attribute(ATTR_COST_USD, result.total_cost_usd)
+            metrics().routes.labels(result.rung, plan.policy).inc()
+            metrics().route_duration.labels(plan.policy).observe(time.perf_counter() - started)
             return _response_pb(result, plan, request_id, (time.perf_counter() - started) * 1000, current_trace_id())
 
 

@@ -8,9 +8,11 @@ replica. Errors are raised as escalon.errors types; the bootstrap's interceptor 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 
 import grpc
 from opentelemetry import trace
@@ -19,6 +21,7 @@ from escalon.backends import GenerateParams, GenerateResult
 from escalon.errors import ConfigError, InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
+from escalon.metrics import metrics
 from escalon.registry import Catalogue, LiveCatalogue, Rung, promoted_path
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
 from escalon.tokens import estimate_tokens
@@ -92,7 +95,8 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         await self._refresh()
         rung, params = self._validate(request)
         started = time.perf_counter()
-        result = await self.tiers.generate(rung.name, params, self._timeout(rung, context))
+        with _measured(rung):
+            result = await self.tiers.generate(rung.name, params, self._timeout(rung, context))
         return self._response(rung, params, result, started)
 
     async def GenerateStream(self, request: serving_pb2.GenerateStreamRequest, context):
@@ -102,12 +106,17 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
             raise InvalidInput(f"GenerateStream streams one sample; use Generate for n > 1 (got {params.n})",
                                field="request.n")
         started = time.perf_counter()
-        async for item in self.tiers.stream(rung.name, params, self._timeout(rung, context)):
-            if isinstance(item, GenerateResult):
-                response = self._response(rung, params, item, started)
-                yield serving_pb2.GenerateStreamResponse(done=True, response=response)
-            elif item:
-                yield serving_pb2.GenerateStreamResponse(text=item)
+        first = True
+        with _measured(rung):
+            async for item in self.tiers.stream(rung.name, params, self._timeout(rung, context)):
+                if isinstance(item, GenerateResult):
+                    response = self._response(rung, params, item, started)
+                    yield serving_pb2.GenerateStreamResponse(done=True, response=response)
+                elif item:
+                    if first:
+                        metrics().serving_ttft.labels(rung.name).observe(time.perf_counter() - started)
+                        first = False
+                    yield serving_pb2.GenerateStreamResponse(text=item)
 
     async def ListModels(self, request: serving_pb2.ListModelsRequest, context) -> serving_pb2.ListModelsResponse:
         await self._refresh()
@@ -196,6 +205,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
     @staticmethod
     def _response(rung: Rung, params: GenerateParams, result: GenerateResult, started: float) -> serving_pb2.GenerateResponse:
         cost = result.cost_usd if result.cost_usd is not None else rung.cost(result.input_tokens, result.output_tokens)
+        metrics().serving_output_tokens.labels(rung.name).inc(result.output_tokens)
         trace.get_current_span().set_attribute(ATTR_COST_USD, cost)
         response = serving_pb2.GenerateResponse(
             rung=rung.name,
@@ -214,6 +224,22 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         if result.reference_score is not None:
             response.reference_score = result.reference_score
         return response
+
+
+@contextlib.contextmanager
+def _measured(rung: Rung) -> Iterator[None]:
+    """In flight while the call waits for or runs on the rung; its duration by outcome (error.type)."""
+    m = metrics()
+    m.serving_in_flight.labels(rung.name).inc()
+    started, error = time.perf_counter(), ""
+    try:
+        yield
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        m.serving_in_flight.labels(rung.name).dec()
+        m.serving_duration.labels(rung.name, error).observe(time.perf_counter() - started)
 
 
 def _token_pb(token) -> common_pb2.TokenLogprob:

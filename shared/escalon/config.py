@@ -46,6 +46,10 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, le=65535, description="port to bind; 0 picks a free one")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the Prometheus /metrics endpoint (on host); unset = none, 0 = a free port",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

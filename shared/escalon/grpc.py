@@ -1,7 +1,7 @@
 """The one aio gRPC server bootstrap every Escalon service uses, and the one way to open a client channel.
 
 Order of life (STYLE.md practices 3-5):
-  start: telemetry → server with [tracing, error-mapping] interceptors → health (NOT_SERVING) +
+  start: telemetry → server with [metrics, tracing, error-mapping] interceptors, /metrics → health (NOT_SERVING) +
          reflection → bind → start → service.start() (load models, open clients) → SERVING
   stop:  NOT_SERVING → server.stop(grace) → service.close() (clients, Ray handles, brokers) → flush telemetry
 """
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from escalon.config import ServiceSettings
 from escalon.errors import EscalonError
+from escalon.metrics import GrpcMetricsInterceptor, serve_metrics
 from escalon.telemetry import configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service: Service
+    metrics_port: int | None = None  # the bound /metrics port; None when the endpoint is off
 
     @property
     def address(self) -> str:
@@ -134,7 +136,7 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
     """Start the service's server; on exit stop it in the fixed order. Tests use this with port 0."""
     telemetry = configure_telemetry(telemetry_name)
     server = grpc.aio.server(
-        interceptors=[_tracing_server_interceptor(), ErrorMappingInterceptor()],
+        interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), ErrorMappingInterceptor()],
         options=_CHANNEL_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
@@ -148,6 +150,9 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}; is another process using the port?")
     running = RunningServer(server, port, health_servicer, service)
+    metrics_endpoint = serve_metrics(settings.metrics_port, settings.host,
+                                     setting=f"{settings.model_config.get('env_prefix', '')}METRICS_PORT")
+    running.metrics_port = metrics_endpoint.port if metrics_endpoint else None
     await running.set_serving(False)
     await server.start()
     try:
@@ -159,6 +164,8 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
         await running.set_serving(False)
         await server.stop(settings.grace_seconds)
         await service.close()
+        if metrics_endpoint is not None:
+            metrics_endpoint.close()
         telemetry.shutdown()
 
 

@@ -29,6 +29,25 @@ class Price(_Strict):
     output_per_1m: float = Field(ge=0, description="USD per million output tokens")
 
 
+class Retries(_Strict):
+    """Retries of a remote rung's call on 429, 5xx, timeouts and refused connections (exponential backoff
+    with full jitter; a Retry-After header is honoured, up to max_retry_after_s)."""
+
+    attempts: int = Field(default=3, ge=1, le=10, description="tries in all, the first included; 1 = no retry")
+    initial_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    max_backoff_s: float = Field(default=8.0, ge=0, le=300)
+    max_retry_after_s: float = Field(default=30.0, ge=0, le=600,
+                                     description="a longer Retry-After is not waited for: the rung is unavailable")
+
+
+class Circuit(_Strict):
+    """The router's circuit breaker for this rung (escalon.router.circuit)."""
+
+    failures: int = Field(default=3, ge=1, description="failures in a row that open the circuit")
+    cooldown_s: float = Field(default=30.0, gt=0, description="how long an open rung is skipped")
+    max_cooldown_s: float = Field(default=300.0, gt=0, description="the cooldown doubles per failed trial up to this")
+
+
 class Autoscaling(_Strict):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
@@ -55,7 +74,12 @@ class Rung(_Strict):
     price: Price
     context_limit: int = Field(default=2048, gt=0, description="tokens of prompt + answer")
     max_tokens: int = Field(default=256, gt=0, description="default answer length")
-    timeout_s: float = Field(default=120, gt=0)
+    timeout_s: float = Field(default=120, gt=0, description="total time for one call, retries included")
+    connect_timeout_s: float = Field(default=10, gt=0, description="remote rungs: time to open the connection")
+    first_token_timeout_s: float | None = Field(
+        default=None, gt=0, description="time to the first streamed text (remote: to the response); unset = timeout_s")
+    retries: Retries = Retries()
+    circuit: Circuit = Circuit()
     # openai backend
     base_url: str | None = None
     api_key_env: str | None = Field(default=None, description="environment variable that holds the API key")
