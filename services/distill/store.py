@@ -1,15 +1,14 @@
 """The job store: the source of truth for every distill job, in SQLAlchemy 2 Core (SQLite or PostgreSQL).
 
-Two tables:
-  jobs        one row per job, keyed on the caller's job id (the idempotency key)
-  job_events  an append-only history per job: started, checkpoint (with per-step metrics), requeued,
-              cancelled, finished; what `escalon jobs` and the tests read to see what a job did
+Two tables (escalon.distill.schema): jobs, one row per job keyed on the caller's job id (the idempotency key),
+and job_events, an append-only history per job. The domain types are in escalon.distill.records, lease owners
+in escalon.distill.leases, ListJobs' page tokens in escalon.distill.paging.
 
 Ownership of a running job is a lease (`lease_owner`, `lease_expires_at`), renewed by the worker that runs it.
 Every write a worker makes is fenced on `lease_owner = me`: a worker that stalled past its lease and comes
 back finds it lost (`LeaseLost`) instead of overwriting the checkpoint of the worker that took over. A job
-whose lease expired (its worker was killed) is requeued by `requeue_expired`, which every worker runs
-periodically; this is what makes a killed job come back on brokers that never redeliver by themselves.
+whose lease expired (its worker was killed) is requeued by the worker's reaper (escalon.distill.runner: `expired_leases`, then
+`mark_requeued`), which every worker runs periodically; this is what makes a killed job come back on brokers that never redeliver by themselves.
 
 SQLite: WAL journal, a 30 s busy timeout, and `BEGIN IMMEDIATE` for writing transactions so that two
 processes never deadlock upgrading a read lock. PostgreSQL: `SELECT ... FOR UPDATE` where a row is read
@@ -18,226 +17,36 @@ then written. Both: `INSERT ... ON CONFLICT DO NOTHING` for the idempotent creat
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import enum
-import json
-import os
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    TypeDecorator,
-    and_,
-    create_engine,
-    event,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Engine, and_, create_engine, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-UTC = dt.UTC
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-
-
-class LeaseLost(Exception):
-    """This worker no longer owns the job: its lease expired and another worker took it over."""
-
-
-class _UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes on both databases (SQLite keeps no zone: store naive UTC, read back aware)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_JSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
-_ID = Integer().with_variant(postgresql.BIGINT(), "postgresql")
-
-metadata = MetaData()
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("job_id", String(128), primary_key=True),
-    Column("kind", String(64), nullable=False),
-    Column("queue", String(16), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("progress", Float, nullable=False, default=0.0),
-    Column("message", Text, nullable=False, default=""),
-    Column("params", _JSON, nullable=False),
-    Column("result", _JSON),
-    Column("error", Text, nullable=False, default=""),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("checkpoint", _JSON),
-    Column("cancel_requested", Boolean, nullable=False, default=False),
-    Column("lease_owner", String(200)),
-    Column("lease_expires_at", _UTCDateTime),
-    Column("created_at", _UTCDateTime, nullable=False),
-    Column("updated_at", _UTCDateTime, nullable=False),
-    Column("enqueued_at", _UTCDateTime),  # when its message was last published; NULL: never confirmed
-    Column("started_at", _UTCDateTime),
-    Column("finished_at", _UTCDateTime),
-    Index("ix_jobs_created", "created_at", "job_id"),
-    Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+from escalon.distill.leases import make_owner, owner_is_dead
+from escalon.distill.paging import decode_page_token, encode_page_token
+from escalon.distill.records import (
+    FINISHED,
+    UTC,
+    Claim,
+    ClaimOutcome,
+    Job,
+    JobEvent,
+    JobState,
+    LeaseLost,
+    Page,
+    job_from_row,
+    utcnow,
 )
+from escalon.distill.schema import job_events, jobs, metadata, sqlite_path, sqlite_pragmas
 
-job_events = Table(
-    "job_events",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("job_id", String(128), ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("event", String(32), nullable=False),
-    Column("step", Integer),
-    Column("message", Text, nullable=False, default=""),
-    Column("metrics", _JSON),
-    Column("created_at", _UTCDateTime, nullable=False),
-    Index("ix_job_events_job", "job_id", "id"),
-)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A snapshot of one job row."""
-
-    job_id: str
-    kind: str
-    queue: str
-    state: JobState
-    progress: float
-    message: str
-    params: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str
-    attempts: int
-    checkpoint: dict[str, Any] | None
-    cancel_requested: bool
-    lease_owner: str | None
-    lease_expires_at: dt.datetime | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    enqueued_at: dt.datetime | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-
-    @property
-    def finished(self) -> bool:
-        return self.state.finished
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    id: int
-    job_id: str
-    attempt: int
-    event: str
-    step: int | None
-    message: str
-    metrics: dict[str, Any] | None
-    created_at: dt.datetime
-
-
-class ClaimOutcome(enum.StrEnum):
-    CLAIMED = "claimed"  # this worker now runs the job
-    FINISHED = "finished"  # already succeeded/failed/cancelled: nothing to do (a duplicate delivery)
-    BUSY = "busy"  # another live worker holds the lease (a duplicate delivery while it runs)
-    CANCELLED = "cancelled"  # cancel was requested before it started: now CANCELLED
-    NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True)
-class Claim:
-    outcome: ClaimOutcome
-    job: Job | None
-
-
-@dataclass(frozen=True)
-class Page:
-    jobs: list[Job]
-    next_token: str
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
-def make_owner() -> str:
-    """A lease owner id: host, pid and a nonce (the host and pid let a worker spot a dead sibling)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-
-
-def owner_is_dead(owner: str | None) -> bool:
-    """True when `owner` was a process on this host that no longer exists (a killed pool child)."""
-    if not owner:
-        return False
-    try:
-        host, pid_text, _ = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        return Path(url[len(prefix) :])
-    return None
+__all__ = ["FINISHED", "UTC", "Claim", "ClaimOutcome", "Job", "JobEvent", "JobState", "JobStore", "LeaseLost", "Page",
+           "decode_page_token", "encode_page_token", "job_events", "jobs", "make_owner", "metadata", "owner_is_dead",
+           "utcnow"]
 
 
 class JobStore:
@@ -252,13 +61,13 @@ class JobStore:
             engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine: Engine = create_engine(url, **engine_kwargs)
         if self.dialect == "sqlite":
-            _sqlite_pragmas(self.engine)
+            sqlite_pragmas(self.engine)
 
     # ---- lifecycle
 
     def init(self) -> JobStore:
         """Create the tables (and the SQLite folder) when missing. Safe to call from several processes."""
-        path = _sqlite_path(self.url)
+        path = sqlite_path(self.url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -304,12 +113,12 @@ class JobStore:
         with self._tx(write=True) as conn:
             created = conn.execute(stmt).first() is not None
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one()
-        return _job(row), created
+        return job_from_row(row), created
 
     def get(self, job_id: str) -> Job | None:
         with self._tx(write=False) as conn:
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one_or_none()
-        return _job(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     def counts(self) -> dict[tuple[str, str], int]:
         """How many jobs there are per (kind, state): one GROUP BY, for the metrics endpoint."""
@@ -337,7 +146,7 @@ class JobStore:
             )
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc()).limit(page_size + 1)
         with self._tx(write=False) as conn:
-            rows = [_job(r) for r in conn.execute(query).all()]
+            rows = [job_from_row(r) for r in conn.execute(query).all()]
         more = len(rows) > page_size
         rows = rows[:page_size]
         token = encode_page_token(rows[-1].created_at, rows[-1].job_id, filters) if more and rows else ""
@@ -361,7 +170,7 @@ class JobStore:
             row = conn.execute(self._locked(job_id)).one_or_none()
             if row is None:
                 return Claim(ClaimOutcome.NOT_FOUND, None)
-            job = _job(row)
+            job = job_from_row(row)
             if job.finished:
                 return Claim(ClaimOutcome.FINISHED, job)
             held = (
@@ -530,7 +339,7 @@ class JobStore:
                 .order_by(jobs.c.created_at)
                 .limit(limit)
             ).all()
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def expired_leases(self, *, now: dt.datetime | None = None, limit: int = 100) -> list[Job]:
         """RUNNING jobs whose worker stopped renewing the lease (killed, frozen or cut off)."""
@@ -542,7 +351,7 @@ class JobStore:
                 .order_by(jobs.c.lease_expires_at)
                 .limit(limit)
             ).all()
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def mark_requeued(self, job_id: str, *, now: dt.datetime | None = None) -> bool:
         """RUNNING with an expired lease → QUEUED (after its new message was sent). False when a worker
@@ -581,7 +390,7 @@ class JobStore:
             row = conn.execute(self._locked(job_id)).one_or_none()
             if row is None:
                 return None
-            job = _job(row)
+            job = job_from_row(row)
             if job.finished:
                 return job
             conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(cancel_requested=True, updated_at=now))
@@ -600,7 +409,7 @@ class JobStore:
 
     @staticmethod
     def _get(conn: Connection, job_id: str) -> Job:
-        return _job(conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one())
+        return job_from_row(conn.execute(select(jobs).where(jobs.c.job_id == job_id)).one())
 
     @staticmethod
     def _owned_update(conn: Connection, job_id: str, owner: str, values: dict[str, Any]) -> int:
@@ -663,48 +472,3 @@ class JobStore:
                 created_at=now,
             )
         )
-
-
-def _job(row: Any) -> Job:
-    m = dict(row._mapping)
-    m["state"] = JobState(m["state"])
-    return Job(**m)
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL (readers never block the writer), a busy timeout, and explicit BEGIN so writers take the write
-    lock up front (SQLAlchemy's documented recipe for pysqlite's transaction handling)."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("escalon_write", True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def encode_page_token(created_at: dt.datetime, job_id: str, filters: dict[str, str]) -> str:
-    raw = json.dumps({"c": created_at.isoformat(), "j": job_id, "f": filters}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, filters: dict[str, str]) -> tuple[dt.datetime, str]:
-    """Raise ValueError for a malformed token or one made for other filters."""
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        created_at = dt.datetime.fromisoformat(raw["c"])
-        job_id = str(raw["j"])
-        made_for = raw["f"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError("not a page token returned by ListJobs") from exc
-    if made_for != filters:
-        raise ValueError("the page token was made for other filters; repeat the first call's state and kind")
-    return created_at, job_id
