@@ -24,5 +24,6 @@ def smollm_rung(**overrides) -> Rung:
 
 def openai_rung(base_url: str, **overrides) -> Rung:
     fields = dict(name="remote", family="openai", backend="openai", model="gpt-test", base_url=base_url,
-                  price={"input_per_1m": 1.0, "output_per_1m": 2.0}, timeout_s=5)
+                  price={"input_per_1m": 1.0, "output_per_1m": 2.0}, timeout_s=5,
+                  retries={"attempts": 1})  # one try unless a test asks for retries (test_rung_resilience.py)
     return Rung(**(fields | overrides))
