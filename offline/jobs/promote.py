@@ -27,6 +27,7 @@ from pydantic import Field
 
 from escalon.distill.jobs.base import JobContext, JobKind, JobParams, pause
 from escalon.distill.jobs.distilling import job_catalogue
+from escalon.distill.jobs.inputs import confined, configured_catalogue, input_file
 from escalon.distill.jobs.profile import ProfileParams, build_table
 from escalon.distill.training.data import Item, by_split, is_correct, read_items
 from escalon.errors import InvalidInput
@@ -66,18 +67,17 @@ def prepare(params: PromoteParams, data_dir: Path) -> PromoteParams:
     student = params.student
     if student.startswith("job:"):
         student = str(Path(data_dir) / "jobs" / student[4:] / "student" / "merged")
-    path = Path(student).expanduser()
-    path = path if path.is_absolute() else Path(data_dir) / path
+    path = confined(student, data_dir, field="params.student")
     if not (path / "config.json").is_file():
         raise InvalidInput(f"no merged student model (config.json) at {str(path)!r}", field="params.student")
-    data = Path(params.data).expanduser()
-    data = data if data.is_absolute() else Path(data_dir) / data
-    if not data.is_file():
-        raise InvalidInput(f"no data set at {str(data)!r}", field="params.data")
+    data = input_file(params.data, data_dir, field="params.data", what="data set")
     updates: dict[str, Any] = {"student": str(path.resolve()), "data": str(data.resolve()),
                                "data_dir": str(Path(data_dir).resolve())}
     if not params.models_dir:
         updates["models_dir"] = str(Path(os.environ.get("ESCALON_MODEL_CACHE") or Path(data_dir) / "models").resolve())
+    if params.catalogue:  # only the configured catalogue or one in the allowed folders (see distilling.py)
+        updates["catalogue"] = str(input_file(params.catalogue, data_dir, field="params.catalogue",
+                                              what="catalogue", extra=configured_catalogue()))
     params = params.model_copy(update=updates)
     catalogue = job_catalogue(params)
     catalogue.get(params.target, field="params.target")

@@ -36,7 +36,7 @@ from escalon.distill import metrics as distill_metrics
 from escalon.distill.runner import send_job
 from escalon.distill.settings import QUEUES, DistillSettings
 from escalon.distill.store import Job, JobState, JobStore
-from escalon.errors import AlreadyExists, EscalonError, InvalidInput, NotFound
+from escalon.errors import AlreadyExists, EscalonError, InvalidInput, NotFound, clip, shown
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
 from escalon.metrics import metrics
 
@@ -114,15 +114,15 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         job_id = request.job_id or uuid.uuid4().hex
         if not JOB_ID.match(job_id):
             raise InvalidInput(
-                f"job id {job_id!r} must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter "
+                f"job id {shown(job_id)} must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter "
                 "or digit",
                 field="job_id",
             )
-        raw = json_format.MessageToDict(request.params) if request.HasField("params") else {}
+        raw = _params_of(request) if request.HasField("params") else {}
         kind, params = await asyncio.to_thread(jobs.validate, request.kind, raw, self.settings.data_dir)
         queue = request.queue or kind.default_queue
         if queue not in QUEUES:
-            raise InvalidInput(f"unknown queue {queue!r}; use one of {', '.join(QUEUES)}", field="queue")
+            raise InvalidInput(f"unknown queue {shown(queue)}; use one of {', '.join(QUEUES)}", field="queue")
         stored_params = params.model_dump(mode="json")
         job, created = await asyncio.to_thread(
             self.store.create_if_absent, job_id, kind=kind.name, queue=queue, params=stored_params
@@ -188,7 +188,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         _require_id(request.job_id)
         job = await asyncio.to_thread(self.store.request_cancel, request.job_id)
         if job is None:
-            raise NotFound(f"no job with id {request.job_id!r}", field="job_id")
+            raise NotFound(f"no job with id {shown(request.job_id)}", field="job_id")
         if job.cancel_requested and self.app.conf.worker_enable_remote_control:
             try:
                 await self._on_broker(self.app.control.revoke, job.job_id)
@@ -200,8 +200,38 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         _require_id(job_id)
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is None:
-            raise NotFound(f"no job with id {job_id!r}", field="job_id")
+            raise NotFound(f"no job with id {shown(job_id)}", field="job_id")
         return job
+
+
+def _params_of(request: distill_pb2.SubmitJobRequest) -> dict[str, Any]:
+    """The params Struct as plain values; NaN and infinities (which JSON cannot hold, nor the job store) are
+    refused here, naming the key."""
+    try:
+        return json_format.MessageToDict(request.params)
+    except (json_format.SerializeToJsonError, ValueError) as exc:
+        bad = _non_finite(request.params)
+        where = f"params.{clip(bad)}" if bad else "params"
+        raise InvalidInput(f"numbers must be finite, not NaN or infinite ({clip(str(exc))})", field=where) from None
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    import math
+
+    if isinstance(value, struct_pb2.Struct):
+        items = ((f"{path}.{k}" if path else k, v) for k, v in value.fields.items())
+    elif isinstance(value, struct_pb2.ListValue):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value.values))
+    else:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return path
+        inner = value.struct_value if kind == "struct_value" else value.list_value if kind == "list_value" else None
+        return _non_finite(inner, path) if inner is not None else None
+    for where, item in items:
+        if (found := _non_finite(item, where)) is not None:
+            return found
+    return None
 
 
 def _require_id(job_id: str) -> None:

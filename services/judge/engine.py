@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from escalon.errors import InvalidInput
+from escalon.errors import InvalidInput, clip
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.judge import panel
 from escalon.answers import infer_answer_type
@@ -105,11 +105,11 @@ class JudgeEngine:
         known = known_judges()
         unknown = [j for j in judges if j not in known]
         if unknown:
-            raise InvalidInput(f"unknown judge(s) {', '.join(unknown)}; known judges: {', '.join(known)}",
+            raise InvalidInput(f"unknown judge(s) {', '.join(clip(j, 40) for j in unknown[:5])}; known judges: {', '.join(known)}",
                                field="judges")
         duplicated = sorted({j for j in judges if list(judges).count(j) > 1})
         if duplicated:
-            raise InvalidInput(f"judge(s) named twice: {', '.join(duplicated)}", field="judges")
+            raise InvalidInput(f"judge(s) named twice: {', '.join(clip(j, 40) for j in duplicated[:5])}", field="judges")
         return tuple(judges) or self.default_panel
 
     async def score(self, prompt: str, candidates: Sequence[Candidate], *, references: Sequence[Candidate] = (),

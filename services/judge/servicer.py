@@ -7,7 +7,7 @@ import math
 
 import grpc
 
-from escalon.errors import ConfigError, InvalidInput
+from escalon.errors import ConfigError, InvalidInput, shown
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.judge.calibration import Calibration
@@ -48,7 +48,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             raise InvalidInput(f"must be between 0 (the service's default) and 300 seconds, got {request.judge_timeout_s}",
                                field="judge_timeout_s")
         if request.judge_rung and self.catalogue is not None and request.judge_rung not in self.catalogue.by_name:
-            raise InvalidInput(f"unknown rung {request.judge_rung!r}; known rungs: {', '.join(self.catalogue.names)}",
+            raise InvalidInput(f"unknown rung {shown(request.judge_rung)}; known rungs: {', '.join(self.catalogue.names)}",
                                field="judge_rung")
         candidates = self._candidates(request.candidates, "candidates")
         references = self._candidates(request.references, "references")
@@ -102,10 +102,10 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         for i, item in enumerate(request.weights.judges):
             field = f"weights.judges[{i}]"
             if item.judge not in known:
-                raise InvalidInput(f"unknown judge {item.judge!r}; known judges: {', '.join(sorted(known))}",
+                raise InvalidInput(f"unknown judge {shown(item.judge)}; known judges: {', '.join(sorted(known))}",
                                    field=f"{field}.judge")
             if item.judge in weights:
-                raise InvalidInput(f"judge {item.judge!r} weighted twice", field=f"{field}.judge")
+                raise InvalidInput(f"judge {shown(item.judge)} weighted twice", field=f"{field}.judge")
             for name in ("weight", "skipped_weight"):
                 value = getattr(item, name)
                 if not math.isfinite(value):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from escalon.errors import InvalidInput
+from escalon.errors import InvalidInput, ServiceStarting, shown
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import open_channel
@@ -65,9 +67,11 @@ class Router:
             raise InvalidInput(
                 f"the prompt has {len(prompt)} characters, over the limit of {self.settings.max_prompt_chars}; "
                 "shorten it (or raise ESCALON_ROUTER_MAX_PROMPT_CHARS)", field="prompt")
-        if request.HasField("max_cost_usd") and request.max_cost_usd < 0:
-            raise InvalidInput(f"a budget cannot be negative (got {request.max_cost_usd})", field="max_cost_usd")
-        if request.HasField("min_quality") and not 0 <= request.min_quality <= 1:
+        if request.HasField("max_cost_usd") and not (math.isfinite(request.max_cost_usd) and request.max_cost_usd >= 0):
+            # NaN compares false with everything: unchecked, it would switch the budget off
+            raise InvalidInput(f"a budget is a finite amount in USD, 0 or more (got {request.max_cost_usd})",
+                               field="max_cost_usd")
+        if request.HasField("min_quality") and not 0 <= request.min_quality <= 1:  # false for NaN too
             raise InvalidInput(f"min_quality is a confidence in [0, 1] (got {request.min_quality})",
                                field="min_quality")
         if request.max_tokens < 0:
@@ -77,7 +81,7 @@ class Router:
         if request.pin_rung:
             self.catalogue.get(request.pin_rung, field="pin_rung")
             if request.pin_rung not in self.rungs:
-                raise InvalidInput(f"rung {request.pin_rung!r} is not routed by this router; routed rungs: "
+                raise InvalidInput(f"rung {shown(request.pin_rung)} is not routed by this router; routed rungs: "
                                    f"{', '.join(self.rungs)}", field="pin_rung")
         return RouteQuery(
             prompt=prompt,
@@ -93,7 +97,7 @@ class Router:
             return request.min_quality
         point = request.operating_point or self.settings.default_operating_point
         if point not in self.settings.operating_points:
-            raise InvalidInput(f"unknown operating point {point!r}; known: "
+            raise InvalidInput(f"unknown operating point {shown(point)}; known: "
                                f"{', '.join(self.settings.operating_points)}", field="operating_point")
         return self.settings.operating_points[point]
 
@@ -131,8 +135,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router_ref: RouterService) -> None:
         self._service = router_ref
 
+    @property
+    def _router(self) -> Router:
+        router = self._service.router
+        if router is None:  # the bootstrap refuses calls before start() returned; this is the second lock
+            raise ServiceStarting("the router is starting (waiting for serving and the judge); retry shortly")
+        return router
+
     async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
-        return await self._service.router.route(request)
+        return await self._router.route(request)
 
     async def RouteStream(self, request: router_pb2.RouteStreamRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteStreamResponse]:
@@ -146,7 +157,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
         async def produce() -> router_pb2.RouteResponse:
             try:
-                return await self._service.router.route(request.request, on_event, on_text)
+                return await self._router.route(request.request, on_event, on_text)
             finally:
                 await queue.put(None)
 
@@ -191,6 +202,30 @@ class RouterService:
         cascade = Cascade(self.catalogue, ServingClient(serving), JudgeClient(judge), sampling)
         self.router = Router(self.settings, self.catalogue, cascade, self.policy)
         self.router.live = LiveCatalogue(self.catalogue, promoted_path(self.settings.data_dir))
+
+    async def watch(self, set_serving) -> None:
+        """Health that tells the truth: NOT_SERVING while serving or the judge does not answer SERVING (so the
+        gateway's /healthz is 503 and Kubernetes takes the pod out of rotation), SERVING once both are back."""
+        names = (f"serving at {self.settings.serving_address}", f"judge at {self.settings.judge_address}")
+        stubs = [health_pb2_grpc.HealthStub(c) for c in self._channels]
+        healthy = True
+        while True:
+            await asyncio.sleep(self.settings.dependency_check_s)
+            problems = []
+            for name, stub in zip(names, stubs, strict=True):
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self.settings.dependency_check_s)
+                    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                        problems.append(f"{name}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+                except grpc.aio.AioRpcError as exc:
+                    problems.append(f"{name}: {exc.code().name}")
+            if problems and healthy:
+                log.warning("NOT_SERVING: %s", "; ".join(problems))
+            elif not problems and not healthy:
+                log.info("SERVING again: serving and the judge answer")
+            if bool(problems) == healthy:
+                healthy = not problems
+                await set_serving(healthy)
 
     async def close(self) -> None:
         for channel in self._channels:

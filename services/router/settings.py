@@ -30,6 +30,9 @@ class RouterSettings(ServiceSettings):
                     "with the hybrid policy and reloads the folder when its manifest changes; unset = cheapest-first",
     )
     dependency_wait_s: float = Field(default=600, ge=0, description="how long start waits for serving and judge")
+    dependency_check_s: float = Field(default=2.0, gt=0, le=60,
+                                      description="how often a running router checks that serving and the judge "
+                                                  "answer (NOT_SERVING while either does not)")
 
     @field_validator("operating_points")
     @classmethod

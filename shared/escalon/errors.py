@@ -48,3 +48,26 @@ class BudgetExceeded(EscalonError):
 
 class DeadlineExceeded(EscalonError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ServiceStarting(EscalonError):
+    """A call arrived before the service was ready (models loading, dependencies connecting): retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters, saying how much was left out: error messages never carry a caller's
+    input unbounded (a 100 KB field echoed into grpc-message breaks the reply's headers)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """repr() of a caller's value for an error message, at most `limit` characters of it."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(value) if isinstance(value, str) else text
+    return f"{text[:limit]!r}… ({len(text) - limit} more characters)"

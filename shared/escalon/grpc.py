@@ -3,7 +3,16 @@
 Order of life (STYLE.md practices 3-5):
   start: telemetry → server with [metrics, tracing, error-mapping] interceptors, /metrics → health (NOT_SERVING) +
          reflection → bind → start → service.start() (load models, open clients) → SERVING
+         → service.watch() when it has one (flips health while a dependency is away)
   stop:  NOT_SERVING → server.stop(grace) → service.close() (clients, Ray handles, brokers) → flush telemetry
+
+What every server refuses the same way, so no servicer has to:
+  - a second server on a taken port: SO_REUSEPORT is off, so the bind fails, naming the port and its holder;
+  - calls before start() returned: UNAVAILABLE "starting, retry" (health and reflection still answer);
+  - bytes that are not the request message (bad wire format, invalid UTF-8 in a string field):
+    INVALID_ARGUMENT, logged as one line per client address per minute, never a traceback;
+  - messages over MAX_MESSAGE_BYTES: RESOURCE_EXHAUSTED from gRPC itself;
+  - error messages are capped at MAX_ERROR_CHARS (grpc-message is a header; a huge one breaks the reply).
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from escalon.config import ServiceSettings
-from escalon.errors import EscalonError
+from escalon.errors import EscalonError, clip
 from escalon.metrics import GrpcMetricsInterceptor, serve_metrics
 from escalon.telemetry import configure_telemetry
 
@@ -35,6 +46,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+# grpcio turns SO_REUSEPORT on by default: a second stack on the same ports would then listen beside the
+# first and the kernel would split clients between them. Off, the second bind fails.
+_SERVER_OPTIONS = [*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+MAX_ERROR_CHARS = 1000
+DECODE_LOG_INTERVAL_S = 60.0
+_ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class Service(Protocol):
@@ -51,9 +68,39 @@ class Service(Protocol):
     async def close(self) -> None:
         """Release clients and connections; called after the server has stopped taking calls."""
 
+    # Optional: `async def watch(self, set_serving: Callable[[bool], Awaitable[None]]) -> None`, run from
+    # SERVING until the stop; it calls set_serving(False) while something the service needs is away and
+    # set_serving(True) when it is back (the router watches serving and the judge).
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What the deserializer hands on when the bytes are not the request message."""
+
+    error: Exception
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, and whatever else a parser raises on junk
+            return _Undecodable(exc)
+
+    return decode
+
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns EscalonError into its status code and message; anything else into INTERNAL, logged once."""
+    """Turns EscalonError into its status code and message; undecodable requests into INVALID_ARGUMENT; calls
+    before the service is ready into UNAVAILABLE; anything else into INTERNAL, logged once."""
+
+    def __init__(self, name: str = "the service") -> None:
+        self.name = name
+        self.ready = False  # set by running_server once service.start() returned
+        self._decode_logged: dict[str, float] = {}  # client address -> when its last decode error was logged
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -62,49 +109,71 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._guard_unary(handler.unary_unary, method),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._guard_stream(handler.unary_stream, method),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming: none in Escalon's contracts
 
+    async def _admit(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> None:
+        if isinstance(request, _Undecodable):
+            self._log_decode_error(context.peer(), method, request.error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
+                                f"({clip(str(request.error) or type(request.error).__name__)})")
+        if not self.ready and not method.startswith(_ALWAYS_OPEN):
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.name} is starting (loading models, connecting); retry in a few seconds")
+
+    def _log_decode_error(self, peer: str | None, method: str, error: Exception) -> None:
+        client = (peer or "unknown").rsplit(":", 1)[0]  # the address without the client's port
+        now = time.monotonic()
+        if now - self._decode_logged.get(client, -DECODE_LOG_INTERVAL_S) < DECODE_LOG_INTERVAL_S:
+            return
+        if len(self._decode_logged) > 10_000:  # bounded: forget the clients not seen for a minute
+            self._decode_logged = {k: t for k, t in self._decode_logged.items() if now - t < DECODE_LOG_INTERVAL_S}
+        self._decode_logged[client] = now
+        log.warning("undecodable %s request from %s (%s: %s); further ones from this client are not logged "
+                    "for %.0fs", method, client, type(error).__name__, clip(str(error)), DECODE_LOG_INTERVAL_S)
+
+    def _guard_unary(self, fn: Callable[..., Awaitable[Any]], method: str):
+        async def call(request, context):
+            try:
+                await self._admit(request, context, method)
+                return await fn(request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never swallowed
+                await _abort_for(exc, context, method)
+
+        return call
+
+    def _guard_stream(self, fn: Callable[..., AsyncIterator[Any]], method: str):
+        async def call(request, context):
+            try:
+                await self._admit(request, context, method)
+                async for item in fn(request, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await _abort_for(exc, context, method)
+
+        return call
+
 
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(exc, EscalonError):
-        await context.abort(exc.code, str(exc))
+        await context.abort(exc.code, clip(str(exc), MAX_ERROR_CHARS))
     log.exception("unexpected error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
-
-
-def _guard_unary(fn: Callable[..., Awaitable[Any]], method: str):
-    async def call(request, context):
-        try:
-            return await fn(request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, never swallowed
-            await _abort_for(exc, context, method)
-
-    return call
-
-
-def _guard_stream(fn: Callable[..., AsyncIterator[Any]], method: str):
-    async def call(request, context):
-        try:
-            async for item in fn(request, context):
-                yield item
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _abort_for(exc, context, method)
-
-    return call
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        clip(f"internal error in {method}: {type(exc).__name__}: {exc}", MAX_ERROR_CHARS))
 
 
 def _tracing_server_interceptor() -> grpc.aio.ServerInterceptor:
@@ -135,9 +204,10 @@ class RunningServer:
 async def running_server(service: Service, settings: ServiceSettings, telemetry_name: str) -> AsyncIterator[RunningServer]:
     """Start the service's server; on exit stop it in the fixed order. Tests use this with port 0."""
     telemetry = configure_telemetry(telemetry_name)
+    errors = ErrorMappingInterceptor(telemetry_name)
     server = grpc.aio.server(
-        interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), ErrorMappingInterceptor()],
-        options=_CHANNEL_OPTIONS,
+        interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), errors],
+        options=_SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -146,27 +216,69 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
         (*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError:  # grpcio >= 1.6x raises where older ones returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}; is another process using the port?")
+        telemetry.shutdown()
+        raise PortInUse(settings.host, settings.port)
     running = RunningServer(server, port, health_servicer, service)
     metrics_endpoint = serve_metrics(settings.metrics_port, settings.host,
                                      setting=f"{settings.model_config.get('env_prefix', '')}METRICS_PORT")
     running.metrics_port = metrics_endpoint.port if metrics_endpoint else None
     await running.set_serving(False)
     await server.start()
+    watcher: asyncio.Task | None = None
     try:
         await service.start()
+        errors.ready = True
         await running.set_serving(True)
         log.info("%s serving on %s:%d", telemetry_name, settings.host, port)
+        watch = getattr(service, "watch", None)
+        if watch is not None:
+            watcher = asyncio.create_task(watch(running.set_serving), name=f"{telemetry_name}-watch")
         yield running
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
         await running.set_serving(False)
         await server.stop(settings.grace_seconds)
         await service.close()
         if metrics_endpoint is not None:
             metrics_endpoint.close()
         telemetry.shutdown()
+
+
+class PortInUse(EscalonError):
+    """The port is taken (SO_REUSEPORT is off, so a second server cannot share it)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        holder = port_holder(port) if port else None
+        who = f" by {holder}" if holder else ""
+        super().__init__(f"port {port} on {host} is in use{who}; stop that process or choose another port "
+                         "(ESCALON_<SERVICE>_PORT or --port)")
+        self.port = port
+
+
+def port_holder(port: int) -> str | None:
+    """'pid 1234 (python -m escalon.router)' for the process listening on TCP `port`, when this user may see it."""
+    try:
+        import psutil
+    except ImportError:  # psutil comes with Ray; without it the message just names the port
+        return None
+    with contextlib.suppress(Exception):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                if conn.pid == os.getpid():
+                    return f"this process (pid {conn.pid})"
+                with contextlib.suppress(psutil.Error):
+                    command = " ".join(psutil.Process(conn.pid).cmdline()[:4])
+                    return f"pid {conn.pid} ({clip(command, 120)})"
+                return f"pid {conn.pid}"
+    return None
 
 
 async def serve(service: Service, settings: ServiceSettings, telemetry_name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from escalon.errors import ConfigError, InvalidInput
+from escalon.errors import ConfigError, InvalidInput, shown
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 Backend = Literal["local-gguf", "hf", "openai", "replay"]
@@ -130,7 +130,7 @@ class Catalogue(_Strict):
         try:
             return self.by_name[name]
         except KeyError:
-            raise InvalidInput(f"unknown rung {name!r}; known rungs: {', '.join(self.names)}", field=field) from None
+            raise InvalidInput(f"unknown rung {shown(name)}; known rungs: {', '.join(self.names)}", field=field) from None
 
     def cheapest_first(self, names: list[str] | None = None, prompt_tokens: int = 200) -> list[Rung]:
         """Rungs ordered by the expected cost of answering a prompt of this size at their default length."""

@@ -32,7 +32,7 @@ from escalon.distill.jobs.base import (
     LocalContext,
     TransientJobError,
 )
-from escalon.errors import InvalidInput
+from escalon.errors import InvalidInput, clip, shown
 
 ENTRY_POINTS = "escalon.distill.jobs"
 _BUILT_IN: tuple[JobKind, ...] = (profile.KIND, evaluate.KIND, harvest.KIND, undo.KIND, siked.KIND)
@@ -73,7 +73,7 @@ def get_kind(name: str) -> JobKind:
     try:
         return kinds()[name]
     except KeyError:
-        raise InvalidInput(f"unknown job kind {name!r}; known kinds: {', '.join(kinds())}", field="kind") from None
+        raise InvalidInput(f"unknown job kind {shown(name)}; known kinds: {', '.join(kinds())}", field="kind") from None
 
 
 def parse_params(kind: JobKind, raw: dict[str, Any]) -> JobParams:
@@ -83,10 +83,10 @@ def parse_params(kind: JobKind, raw: dict[str, Any]) -> JobParams:
     except ValidationError as exc:
         errors = exc.errors()
         fields = [".".join(["params", *(str(p) for p in err["loc"])]) for err in errors]
-        message = f"{errors[0]['msg']} (got {errors[0].get('input')!r}) in the params of a {kind.name!r} job"
+        message = f"{errors[0]['msg']} (got {shown(errors[0].get('input'))}) in the params of a {kind.name!r} job"
         if len(errors) > 1:
-            message += "; also " + "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields[1:], errors[1:], strict=True))
-        raise InvalidInput(message, field=fields[0]) from None
+            message += "; also " + "; ".join(f"{clip(f)}: {e['msg']}" for f, e in zip(fields[1:6], errors[1:6], strict=True))
+        raise InvalidInput(message, field=clip(fields[0])) from None
 
 
 def validate(kind_name: str, raw: dict[str, Any], data_dir: Path) -> tuple[JobKind, JobParams]:

@@ -12,27 +12,23 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from escalon.benchmark import COLUMNS
-from escalon.errors import InvalidInput
+from escalon.distill.jobs.inputs import input_file
+from escalon.errors import InvalidInput, clip
 
 
 def resolve_benchmark(path_text: str, data_dir: Path, needed: tuple[str, ...], *, field: str) -> str:
     """Absolute path of a readable parquet file with the `needed` columns, or InvalidInput naming `field`.
 
-    Relative paths are read against the data dir, the folder the front and the workers share.
+    Relative paths are read against the data dir, the folder the front and the workers share; only files
+    under it or the packaged demo folder are read (escalon.distill.jobs.inputs).
     """
     if not path_text.strip():
         raise InvalidInput("give the path of a benchmark parquet file", field=field)
-    path = Path(path_text).expanduser()
-    if not path.is_absolute():
-        path = data_dir / path
-    if not path.is_file():
-        raise InvalidInput(
-            f"no benchmark file at {str(path)!r} (relative paths are read against the data dir)", field=field
-        )
+    path = input_file(path_text, data_dir, field=field, what="benchmark file")
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a parquet file"
-        raise InvalidInput(f"{str(path)!r} is not a readable parquet file: {exc}", field=field) from None
+        raise InvalidInput(f"{str(path)!r} is not a readable parquet file: {clip(str(exc))}", field=field) from None
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise InvalidInput(

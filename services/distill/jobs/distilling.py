@@ -19,7 +19,8 @@ from pydantic import Field, field_validator
 from escalon.distill.jobs.base import JobContext, JobParams
 from escalon.distill.training.data import Item, by_split, is_correct, read_items
 from escalon.distill.training.lora import StudentModel, TrainConfig
-from escalon.errors import ConfigError, InvalidInput
+from escalon.distill.jobs.inputs import configured_catalogue, input_file
+from escalon.errors import ConfigError, InvalidInput, clip
 from escalon.registry import Catalogue, load_catalogue, load_promoted, promoted_path, with_rungs
 
 
@@ -59,23 +60,21 @@ def job_catalogue(params: DistillParams | Any) -> Catalogue:
 
 def prepare_distill(params: DistillParams, data_dir: Path) -> DistillParams:
     """Submit-time checks: the data file reads, the rungs exist, the student can be fine-tuned."""
-    data = Path(params.data).expanduser()
-    if not data.is_absolute():
-        data = data_dir / data
-    if not data.is_file():
-        raise InvalidInput(f"no data set at {str(data)!r} (relative paths are read against the data dir)",
-                           field="params.data")
+    data = input_file(params.data, data_dir, field="params.data", what="data set")
     try:
         items = read_items(data)
     except (OSError, ValueError) as exc:
-        raise InvalidInput(f"{data}: {exc}", field="params.data") from None
+        raise InvalidInput(f"{data}: {clip(str(exc))}", field="params.data") from None
     splits = by_split(items)
     for split in ("train", "val"):
         if not splits.get(split):
             raise InvalidInput(f"{data} has no {split!r} items; harvest splits train/val/test", field="params.data")
     updates: dict[str, Any] = {"data": str(data.resolve()), "data_dir": str(Path(data_dir).resolve())}
     if params.catalogue:
-        updates["catalogue"] = str(Path(params.catalogue).expanduser().resolve())
+        # a catalogue names endpoints and the variables that hold their keys: only the configured one or files
+        # in the allowed folders, never any YAML on the server
+        updates["catalogue"] = str(input_file(params.catalogue, data_dir, field="params.catalogue",
+                                              what="catalogue", extra=configured_catalogue()))
     if not params.models_dir:
         updates["models_dir"] = str(Path(os.environ.get("ESCALON_MODEL_CACHE") or Path(data_dir) / "models").resolve())
     params = params.model_copy(update=updates)

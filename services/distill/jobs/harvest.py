@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from escalon.benchmark import hash_split
 from escalon.distill.jobs.base import JobContext, JobKind, JobParams, pause
 from escalon.distill.jobs.benchmark import resolve_benchmark
+from escalon.distill.jobs.inputs import input_file
 from escalon.distill.training import arith
 from escalon.distill.training.data import Item, canonical, item_id, normalise_prompt, write_jsonl
 from escalon.errors import InvalidInput
@@ -72,11 +73,8 @@ def prepare(params: HarvestParams, data_dir: Path) -> HarvestParams:
                                                          "score"), field="params.path")
         return params.model_copy(update={"path": path})
     if params.source == "router_log":
-        path = Path(params.path).expanduser()
-        path = path if path.is_absolute() else data_dir / path
-        if not path.is_file():
-            raise InvalidInput(f"no router log at {str(path)!r}", field="params.path")
-        return params.model_copy(update={"path": str(path.resolve())})
+        path = input_file(params.path, data_dir, field="params.path", what="router log")
+        return params.model_copy(update={"path": str(path)})
     return params
 
 

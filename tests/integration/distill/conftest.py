@@ -15,6 +15,17 @@ from escalon.grpc import running_server
 from tests.integration.distill.stack import Front, Worker, settings_for
 
 
+@pytest.fixture(autouse=True)
+def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs read inputs only from the data dir, the demo folder and ESCALON_DISTILL_INPUT_DIRS
+    (escalon.distill.jobs.inputs); the in-process fronts of these tests also take pytest's folders and the
+    model cache (the confinement itself: tests/integration/hardening/test_bad_input.py)."""
+    import os
+
+    folders = [str(tmp_path_factory.getbasetemp()), *filter(None, [os.environ.get("ESCALON_MODEL_CACHE")])]
+    monkeypatch.setenv("ESCALON_DISTILL_INPUT_DIRS", os.pathsep.join(folders))
+
+
 @pytest_asyncio.fixture
 async def front_factory() -> AsyncIterator:
     """Start gRPC fronts on free ports: `await front_factory(env)`; all are stopped at the end."""

@@ -59,14 +59,15 @@ async def test_the_report_runs_on_a_worker_and_leaves_its_artefacts(front: Front
     assert (folder / "reliability-gsm8k.png").read_bytes()[:4] == b"\x89PNG"
 
 
-async def test_a_benchmark_without_responses_is_refused_at_submit(front: Front, tmp_path) -> None:
+async def test_a_benchmark_without_responses_is_refused_at_submit(front: Front, env) -> None:
     import pandas as pd
+    from pathlib import Path
 
     bare = pd.read_parquet(DEMO)
     bare["response"] = None
-    bare.to_parquet(tmp_path / "bare.parquet")
+    bare.to_parquet(Path(env["ESCALON_DATA_DIR"]) / "bare.parquet")  # inside the data dir: jobs read only there
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await front.stub.SubmitJob(distill_pb2.SubmitJobRequest(
-            kind="judge_report", params=params(benchmark=str(tmp_path / "bare.parquet"))))
+            kind="judge_report", params=params(benchmark="bare.parquet")))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "params.benchmark" in caught.value.details() and "no recorded responses" in caught.value.details()

@@ -37,6 +37,16 @@ def write_benchmark(path: Path, rows: list[tuple] = TINY_ROWS) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs read inputs only from the data dir, the demo folder and ESCALON_DISTILL_INPUT_DIRS
+    (escalon.distill.jobs.inputs); these tests keep their files in pytest's folders and a model cache."""
+    folders = [str(tmp_path_factory.getbasetemp())]
+    if os.environ.get("ESCALON_MODEL_CACHE"):
+        folders.append(os.environ["ESCALON_MODEL_CACHE"])
+    monkeypatch.setenv("ESCALON_DISTILL_INPUT_DIRS", os.pathsep.join(folders))
+
+
 @pytest.fixture
 def make_benchmark():
     """write_benchmark(path, rows=TINY_ROWS) -> path"""
