@@ -1,4 +1,4 @@
-"""Baselines every router is measured against (ALGORITHMS.md §6), on a benchmark's score and cost matrices.
+"""Baselines every router is measured against (docs/routing.md, Metrics and baselines), on a benchmark's score and cost matrices.
 
 - single models, the oracle (best recorded score per query, from the cheapest model that has it) and the
   random mix (queries sent at random to two neighbouring models of the single-model frontier);

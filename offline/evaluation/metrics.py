@@ -1,4 +1,4 @@
-"""Cost–quality metrics of routing policies (ALGORITHMS.md §6), on plain (cost, quality) operating points.
+"""Cost–quality metrics of routing policies (docs/routing.md, Metrics and baselines), on plain (cost, quality) operating points.
 
 - frontier: the points no other point beats on both cost and quality, cheapest first.
 - upper hull: the non-decreasing upper convex hull of the points. Any point on it is reachable by mixing two

@@ -79,7 +79,7 @@ def fit_group(rows: Sequence[Row], judges: Sequence[str], *, task: str = ANY, ru
 def fit_weights(rows: Sequence[Row], judges: Sequence[str], *, weighting: str = "logloss",
                 l2: float = 1e-3) -> dict[str, float]:
     """ω on the simplex. "logloss": jointly with a Platt map, minimising log-loss; "uniform": equal weights;
-    "quality": ∝ max(AUROC − 0.5, 0) of each judge alone (ALGORITHMS.md §1's "judge quality on dev data")."""
+    "quality": ∝ max(AUROC − 0.5, 0) of each judge alone (its quality on development data, docs/judges.md)."""
     judges = list(judges)
     k = len(judges)
     if k == 1 or weighting == "uniform":

@@ -1,4 +1,4 @@
-"""Calibration metrics, computed the way the papers do (ALGORITHMS.md §2).
+"""Calibration metrics, computed the way the papers do (docs/judges.md, Measuring the judges).
 
 - Brier score: mean((confidence − correct)²); lower is better, 0.25 is a constant 0.5.
 - ECE: 10 equal-width bins over [0, 1] (the last bin includes 1.0); Σ_b (n_b / N)·|accuracy_b − mean confidence_b|.

@@ -1,4 +1,4 @@
-"""Confidence from agreement among parsed answers (ALGORITHMS.md §2).
+"""Confidence from agreement among parsed answers (docs/judges.md, Consistency judges).
 
 Over the n valid answers with frequencies f1 ≥ f2 ≥ …:
   agreement = f1/n;  entropy = 1 − H/log2(U) (1 if U = 1);  fsd = (f1 − f2)/n (1 if U = 1).

@@ -2,7 +2,7 @@
 confidence. The servicer, the calibration reports and the in-process harness all score through this class,
 so a figure in a report is what the service would have said.
 
-Judges (ALGORITHMS.md §2–3), each a score in [0, 1] or skipped with its reason — never faked:
+Judges (docs/judges.md), each a score in [0, 1] or skipped with its reason — never faked:
   sample consistency   agreement, entropy, fsd        escalon.judge.panel / consistency (n ≥ 2 samples)
   cross-model          cross_model                    answers of rungs of other families, parsed and compared
   code                 execution                      share of the prompt's tests the majority program passes

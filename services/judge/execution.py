@@ -1,5 +1,5 @@
-"""Code answers compared by what they do, not how they are written (ALGORITHMS.md §1: "deterministic judges
-beat LLM judges where they exist: unit tests for code").
+"""Code answers compared by what they do, not how they are written (docs/judges.md, Execution: a
+deterministic check, where one exists, beats any model's opinion).
 
 Each candidate's code runs in the sandbox (escalon.judge.sandbox) against *probes* taken from the prompt:
   - `assert ...` lines (MBPP-style tests)                → "pass" | "fail" | "error:<Exception>"

@@ -1,4 +1,4 @@
-"""LLM-as-judge, P(True) (ALGORITHMS.md §3): ask a judge rung "Is the proposed answer correct? (A) True
+"""LLM-as-judge, P(True) (docs/judges.md): ask a judge rung "Is the proposed answer correct? (A) True
 (B) False" and read the probability it gives to True at its first answer token.
 
 Any rung can judge: the call goes through the ModelServing API (`ServingJudgeModel`) with top_logprobs = 20

@@ -1,4 +1,4 @@
-"""Judges from the answering model's own token probabilities (ALGORITHMS.md §3). They need what only some rungs
+"""Judges from the answering model's own token probabilities (docs/judges.md, Token judges). They need what only some rungs
 return: per-token log-probs (local models, OpenAI-compatible endpoints that give logprobs) and, for
 self-certainty, statistics of the whole next-token distribution (local models only). Without them the judge
 is skipped and says which input was missing.

@@ -1,4 +1,4 @@
-"""The judged cascade (ALGORITHMS.md §1): climb the plan's rungs cheapest first, ask the judges about each
+"""The judged cascade (docs/routing.md, Methods and sources): climb the plan's rungs cheapest first, ask the judges about each
 rung's answers, stop at the first answer they trust; otherwise fuse or return the best seen.
 
 The cascade talks to two small protocols, Generator and Scorer. Over gRPC they are the serving and judge

@@ -1,4 +1,4 @@
-"""The learned router's success predictor (ALGORITHMS.md §1): one head per rung over a shared representation.
+"""The learned router's success predictor (docs/routing.md, Learned predictor): one head per rung over a shared representation.
 
     h = [Enc(x); p(task | x); p(complexity | x)]
     logit ŝ_i(x) = a_i · logit Φ_i(x) + c_i · logit N_i(x) + b_i + w_iᵀ h

@@ -8,7 +8,7 @@
     memory     the training embeddings and scores: the nearest-example test of familiarity, and the nearest
                prompts' success estimate N_i(x) the predictor builds on (leave-one-out on train)
     familiar   top task probability ≥ min_top, margin over the second ≥ min_margin, nearest training example
-               cosine ≥ min_cosine, cell profiled (ALGORITHMS.md §1). Familiar queries take Φ, others ŝ.
+               cosine ≥ min_cosine, cell profiled (docs/routing.md, Hybrid). Familiar queries take Φ, others ŝ.
 
 This module is what the router loads and runs; fitting it is offline (escalon.offline.evaluation.routing_fit).
 """
@@ -35,7 +35,7 @@ class Familiarity:
     min_margin: float = MIN_MARGIN
     min_cosine: float = 0.75
     taxonomy_weight: float = 1.0  # a familiar query's estimate: α·Φ + (1 − α)·ŝ (1 = the taxonomy's alone)
-    why: str = "ALGORITHMS.md defaults"
+    why: str = "the defaults (docs/routing.md, Hybrid)"
 
 
 @dataclass

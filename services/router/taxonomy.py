@@ -1,4 +1,4 @@
-"""The taxonomy router's model (ALGORITHMS.md §1): labels learned from examples, and the profiling table.
+"""The taxonomy router's model (docs/routing.md, Taxonomy and profiling): labels learned from examples, and the profiling table.
 
 Four dimensions, none of them a keyword list:
 - task_type: the benchmark's task names are free labels; a multinomial logistic head on the query embedding

@@ -1,5 +1,5 @@
 """`evaluate`: what simple routing policies would have scored and cost on recorded benchmark answers
-(ALGORITHMS.md §1 and §6), and the baselines any router must beat.
+(docs/routing.md, Metrics and baselines), and the baselines any router must beat.
 
 Rungs are ordered cheapest first by their mean cost on the *fit* split (`train` by default: choices are
 learned there and reported on `split`, as the routing README asks; `same` fits on the evaluated split

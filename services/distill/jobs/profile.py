@@ -1,4 +1,4 @@
-"""`profile`: the profiling table of ALGORITHMS.md §1 — for each model and task, how often it is right and
+"""`profile`: the profiling table (docs/routing.md, Taxonomy and profiling) — for each model and task, how often it is right and
 what it costs — measured on recorded benchmark answers.
 
 A *cell* here is a benchmark task (the taxonomy's task type; benchmark tasks are its free labels). For the

@@ -1,4 +1,4 @@
-"""`siked`: SIKeD (ALGORITHMS.md §5) — multi-strategy teacher data, student self-samples, an adaptive mix.
+"""`siked`: SIKeD (docs/distillation.md) — multi-strategy teacher data, student self-samples, an adaptive mix.
 
     teacher data  for every train question and strategy s in (cot, l2m, pot): T.solve(q, s), kept when
                   correct (a program's answer is what the sandbox prints). Target "[s]: solution", so the

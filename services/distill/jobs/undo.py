@@ -1,4 +1,4 @@
-"""`undo`: UNDO distillation (ALGORITHMS.md §5) — the teacher refines its rationales where the student fails.
+"""`undo`: UNDO distillation (docs/distillation.md) — the teacher refines its rationales where the student fails.
 
     R0 = {(q, T.solve(q)) : correct}                      round 0 = one-shot distillation
     S  = finetune(S0, R0); best = acc(S, val)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainConfig(BaseModel):
-    """LoRA and optimiser settings of one fine-tuning run (ALGORITHMS.md §5 defaults where it gives them)."""
+    """LoRA and optimiser settings of one fine-tuning run (the method: docs/distillation.md)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -11,7 +11,7 @@ Every teacher answers two requests through one interface:
     solve(item, strategy)                      -> TeacherAnswer   (strategy: cot | l2m | pot)
     refine(item, previous, student_answer, score, similar)  -> TeacherAnswer
 
-For a rung, `refine` sends the REFINE prompt of ALGORITHMS.md §5 through the same generate call as `solve`
+For a rung, `refine` sends the REFINE prompt (docs/distillation.md) through the same generate call as `solve`
 — real for local and OpenAI-compatible teachers. A replay rung can only return what was recorded, so
 REFINE is not in its recording (RungUnavailable); it then falls back, and says which fallback it used in
 `TeacherAnswer.source`:
