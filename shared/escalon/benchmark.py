@@ -1,7 +1,7 @@
 """A routing benchmark in the shared long format, as matrices the router can learn from and be measured on.
 
 One row per (prompt, model): prompt_id, task, split, prompt, model, response (may be null), score in [0, 1],
-cost_usd (shared/data/routing/README.md). `load_benchmark` accepts a folder holding `benchmark.parquet` or
+cost_usd (the format the shared benchmark data sets use). `load_benchmark` accepts a folder holding `benchmark.parquet` or
 the file itself, and makes no assumption about which tasks or models it holds:
 
 - Splits: `train`/`training` train, `test`/`testing`/`eval`/`evaluation`/`heldout` test, `dev`/`val`/

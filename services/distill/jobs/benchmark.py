@@ -1,4 +1,4 @@
-"""Benchmark files in the shared routing format (shared/data/routing/README.md): one row per (prompt, model).
+"""Benchmark files in the shared routing format (escalon.benchmark): one row per (prompt, model).
 
 Columns: prompt_id, task, split (`train`/`test`), prompt, model, response, score in [0, 1], cost_usd.
 Jobs read only the columns they need, in chunks, so the prompt and response text never load.
