@@ -14,6 +14,9 @@ Included once, from configmap.yaml, which every release renders.
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- fail (printf "%s.autoscaling: minReplicas (%v) must be <= maxReplicas (%v)" $name $a.minReplicas $a.maxReplicas) -}}
 {{- end -}}
+{{- if and $a.enabled $a.inFlight $a.inFlight.enabled (not $v.metrics.enabled) -}}
+{{- fail (printf "%s.autoscaling.inFlight needs metrics.enabled: the calls in flight are read from /metrics" $name) -}}
+{{- end -}}
 {{- end -}}
 
 {{- $tiers := include "escalon.tiers" . | fromYaml -}}

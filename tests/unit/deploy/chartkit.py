@@ -2,7 +2,7 @@
 
 `ChartRenderer` renders values (files + overrides) into parsed manifests (`Rendered`);
 `validate_manifest` checks one object against the Kubernetes schemas (kubernetes-validate, strict)
-or, for KubeRay and KEDA objects, against the CRD schemas kept in schemas/.
+or, for KubeRay, KEDA and Prometheus Operator objects, against the CRD schemas kept in schemas/.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ KUBERNETES_VERSION = "1.37"
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayService"): "rayservice-ray.io-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
+    # minimal schemas written for these tests (schemas/README.md), not the upstream CRDs
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
 }
 
 

@@ -156,7 +156,8 @@ def test_grpc_services_use_native_grpc_probes(dev: Rendered, service: str) -> No
     assert env[f"ESCALON_{service.upper()}_PORT"] == str(port)
     assert env[f"ESCALON_{service.upper()}_HOST"] == "0.0.0.0"
     service_obj = dev.get("Service", f"escalon-{service}")
-    assert service_obj["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}]
+    assert service_obj["spec"]["ports"][0] == {"name": "grpc", "port": port, "targetPort": "grpc", "appProtocol": "grpc"}
+    assert [p["name"] for p in service_obj["spec"]["ports"]] == ["grpc", "metrics"]  # test_chart_monitoring.py
 
 
 def test_startup_probes_allow_for_model_load(dev: Rendered) -> None:
@@ -175,7 +176,7 @@ def test_gateway_uses_http_probes(dev: Rendered, prod: Rendered) -> None:
     # router outage takes gateways out of rotation without restarting them.
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
-    assert c["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9464}]
     env = env_of(c)
     assert env["ESCALON_GATEWAY_HOST"] == "0.0.0.0" and env["ESCALON_GATEWAY_PORT"] == "8080"
     assert env["ESCALON_GATEWAY_ROUTER_ADDRESS"] == "escalon-router:50051"
