@@ -2,6 +2,8 @@
 
 import sys
 
+from escalon.config import load_settings
+from escalon.db.settings import DatabaseSettings
 from escalon.main import run_service
 from escalon.registry import load_catalogue
 from escalon.router.servicer import RouterService
@@ -9,7 +11,11 @@ from escalon.router.settings import RouterSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service("escalon-router", RouterSettings, lambda s: RouterService(s, load_catalogue(s.catalogue)), argv,
+    def build(s: RouterSettings) -> RouterService:
+        # the route log, API keys and budgets live in Escalon's database (ESCALON_DATABASE_URL, escalon.db)
+        return RouterService(s, load_catalogue(s.catalogue), database=load_settings(DatabaseSettings))
+
+    return run_service("escalon-router", RouterSettings, build, argv,
                        description="Start Escalon's Router API: plans a route per query and climbs the judged "
                                    "cascade (health, reflection, tracing; stops gracefully on SIGTERM).")
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from escalon.auth import current_key
+from escalon.db.settings import DatabaseSettings
 from escalon.errors import InvalidInput, ServiceStarting, shown
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
@@ -22,6 +24,7 @@ from escalon.router.cascade import Attempt, Cascade, CascadeResult, SamplingConf
 from escalon.router.clients import JudgeClient, ServingClient, wait_until_serving
 from escalon.router.policy import CheapestFirstPolicy, RoutePlan, RouteQuery, RoutingPolicy
 from escalon.router.settings import RouterSettings
+from escalon.router.tenancy import Admission, Tenancy
 from escalon.telemetry import ATTR_COST_USD, ATTR_POLICY, ATTR_RUNG, current_trace_id, tracer
 
 log = logging.getLogger(__name__)
@@ -101,18 +104,28 @@ class Router:
                                f"{', '.join(self.settings.operating_points)}", field="operating_point")
         return self.settings.operating_points[point]
 
-    async def route(self, request: router_pb2.RouteRequest, on_event=None, on_text=None) -> router_pb2.RouteResponse:
+    async def route(self, request: router_pb2.RouteRequest, on_event=None, on_text=None, *,
+                    admission: Admission | None = None) -> router_pb2.RouteResponse:
+        """`admission` (a key's allow-lists and budget, escalon.router.tenancy) narrows the rungs and caps the
+        query before the plan, and is told the plan."""
         self.refresh_catalogue()
         query = self.query_from(request)
+        rungs = self.rungs
+        if admission is not None:
+            rungs = admission.rungs(self.rungs)
+            asked = query
+            query = admission.admit(asked, rungs, lambda name: self.cascade.cost_bound(self.catalogue.get(name), asked))
         request_id = request.request_id or uuid.uuid4().hex
         started = time.perf_counter()
         with tracer(__name__).start_as_current_span("escalon.route") as span:
             decided = time.perf_counter()
-            plan = self.policy.plan(query, self.catalogue, self.rungs)
+            plan = self.policy.plan(query, self.catalogue, rungs)
             metrics().decision_duration.labels(plan.policy).observe(time.perf_counter() - decided)
             skipped: dict[str, str] = {}
             if getattr(plan, "stepper", None) is None:  # open circuits: route around them, saying so
-                plan, skipped = self.cascade.breakers.route_around(plan, self.catalogue, self.rungs)
+                plan, skipped = self.cascade.breakers.route_around(plan, self.catalogue, rungs)
+            if admission is not None:
+                admission.planned(plan)
             span.set_attribute(ATTR_POLICY, plan.policy)
             if on_event:
                 await on_event(router_pb2.RouteEvent(kind=router_pb2.ROUTE_EVENT_KIND_DECIDED,
@@ -143,7 +156,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return router
 
     async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
-        return await self._router.route(request)
+        return await self._service.route(self._router, request)
 
     async def RouteStream(self, request: router_pb2.RouteStreamRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteStreamResponse]:
@@ -157,7 +170,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
         async def produce() -> router_pb2.RouteResponse:
             try:
-                return await self._router.route(request.request, on_event, on_text)
+                return await self._service.route(self._router, request.request, on_event, on_text)
             finally:
                 await queue.put(None)
 
@@ -175,17 +188,29 @@ class RouterService:
 
     service_names = (router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,)
 
-    def __init__(self, settings: RouterSettings, catalogue: Catalogue, policy: RoutingPolicy | None = None) -> None:
+    def __init__(self, settings: RouterSettings, catalogue: Catalogue, policy: RoutingPolicy | None = None,
+                 database: DatabaseSettings | None = None) -> None:
+        """`database`: the route log, API keys and budgets (escalon.db); None (tests, benches) = none of them."""
         self.settings = settings
         self.catalogue = catalogue
         self.policy = policy
         self.router: Router | None = None
         self._channels: list[grpc.aio.Channel] = []
+        self.tenancy = Tenancy(database, settings, service="router") if database is not None else None
+        self.interceptors = self.tenancy.interceptors if self.tenancy else ()
+
+    async def route(self, router: Router, request: router_pb2.RouteRequest, on_event=None,
+                    on_text=None) -> router_pb2.RouteResponse:
+        if self.tenancy is None:
+            return await router.route(request, on_event, on_text)
+        return await self.tenancy.accounting.route(router, request, current_key(), on_event, on_text)
 
     def register(self, server: grpc.aio.Server) -> None:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(self), server)
 
     async def start(self) -> None:
+        if self.tenancy is not None:
+            await self.tenancy.start()  # a production router without keys stops here (escalon.auth)
         if self.policy is None and self.settings.artefact is not None:
             # a missing or broken artefact stops the start here, naming ESCALON_ROUTER_ARTEFACT
             from escalon.router.artefact import LiveArtefact
@@ -230,6 +255,8 @@ class RouterService:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+        if self.tenancy is not None:
+            await self.tenancy.close()  # writes the route log's queue, then the spend
 
 
 def _attempt_pb(a: Attempt | None) -> router_pb2.RungAttempt | None:

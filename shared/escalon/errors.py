@@ -71,3 +71,19 @@ def shown(value: object, limit: int = 80) -> str:
     if len(text) <= limit:
         return repr(value) if isinstance(value, str) else text
     return f"{text[:limit]!r}… ({len(text) - limit} more characters)"
+
+
+class Unauthenticated(EscalonError):
+    """No key, a malformed key, or a key nobody issued."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(EscalonError):
+    """A valid key that may not do this: revoked, outside its scopes or its allow-lists."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RateLimited(EscalonError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -63,6 +63,8 @@ class Service(Protocol):
     def register(self, server: grpc.aio.Server) -> None: ...
 
     async def start(self) -> None:
+    #: optional: server interceptors of its own, run after error mapping (escalon.auth.KeyInterceptor)
+    # interceptors: tuple[grpc.aio.ServerInterceptor, ...]
         """Get ready to answer: load models, open clients. Health says SERVING only after this returns."""
 
     async def close(self) -> None:
@@ -206,7 +208,9 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
     telemetry = configure_telemetry(telemetry_name)
     errors = ErrorMappingInterceptor(telemetry_name)
     server = grpc.aio.server(
-        interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), errors],
+        # a service's own interceptors (API keys: escalon.auth) run inside error mapping, which maps what they raise
+        interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), errors,
+                      *getattr(service, "interceptors", ())],
         options=_SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
