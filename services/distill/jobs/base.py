@@ -13,13 +13,14 @@ Rules a job function keeps so that redelivery is safe (STYLE practice 8):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,6 +39,18 @@ class JobParams(BaseModel):
     """Base of every kind's params: unknown fields are errors, so typos are caught at SubmitJob."""
 
     model_config = ConfigDict(extra="forbid")
+    #: fields that change how fast a job runs, never what it computes: a checkpoint made under other values
+    #: of these still resumes
+    PACING: ClassVar[frozenset[str]] = frozenset()
+
+    def fingerprint(self) -> str:
+        """What a checkpoint is keyed on: a checkpoint made under other params (pacing aside) is not resumed."""
+        return digest(self.model_dump(mode="json", exclude=set(self.PACING)))
+
+
+def digest(value: Any) -> str:
+    """A short stable digest of JSON-able data (keys sorted)."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class JobContext(Protocol):

@@ -43,6 +43,8 @@ class DistillParams(JobParams):
     models_dir: str | None = Field(default=None, description="set at submit: the local model cache")
     step_delay_s: float = Field(default=0.0, ge=0, le=60, description="for tests and demos only: sleep per step")
 
+    PACING = frozenset({"step_delay_s", "torch_threads", "device", "teacher_chunk"})
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:

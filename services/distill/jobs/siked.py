@@ -18,7 +18,6 @@ student/merged, report.json, report.md, accuracy.png (accuracy and α by iterati
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -57,6 +56,8 @@ class SikedParams(DistillParams):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(r=16, alpha=32, lr=2e-4, epochs=3),
                                description="LoRA and optimiser settings (SIKeD defaults: r 16, alpha 32, lr 2e-4, 3 epochs)")
 
+    PACING = DistillParams.PACING | {"sample_chunk"}
+
 
 def prepare(params: SikedParams, data_dir: Path) -> SikedParams:
     bad = [s for s in params.strategies if s not in STRATEGIES]
@@ -67,12 +68,6 @@ def prepare(params: SikedParams, data_dir: Path) -> SikedParams:
     return prepare_distill(params, data_dir)
 
 
-def _fingerprint(params: SikedParams) -> str:
-    keep = params.model_dump(mode="json", exclude={"step_delay_s", "torch_threads", "device", "teacher_chunk",
-                                                   "sample_chunk"})
-    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run(params: SikedParams, ctx: JobContext) -> dict[str, Any]:
     p, root = params, ctx.artefact_dir
     catalogue = job_catalogue(p)
@@ -81,8 +76,8 @@ def run(params: SikedParams, ctx: JobContext) -> dict[str, Any]:
     student = make_student(p, catalogue)
     teacher: Teacher | None = None
     state = ctx.load_checkpoint()
-    if not state or state.get("fingerprint") != _fingerprint(p):
-        state = {"format": FORMAT, "fingerprint": _fingerprint(p), "phase": "teacher", "it": 0, "teacher_done": 0,
+    if not state or state.get("fingerprint") != p.fingerprint():
+        state = {"format": FORMAT, "fingerprint": p.fingerprint(), "phase": "teacher", "it": 0, "teacher_done": 0,
                  "sampled": 0, "teacher_calls": 0, "teacher_cost_usd": 0.0, "iterations": [], "baseline": None,
                  "started_at": time.time()}
     total_its = p.iterations + 1

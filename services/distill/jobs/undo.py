@@ -30,7 +30,6 @@ round used and produced stays under the job's artefact folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -77,11 +76,6 @@ def prepare(params: UndoParams, data_dir: Path) -> UndoParams:
     return params
 
 
-def _fingerprint(params: UndoParams) -> str:
-    keep = params.model_dump(mode="json", exclude={"step_delay_s", "torch_threads", "device", "teacher_chunk"})
-    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class _Undo:
     def __init__(self, params: UndoParams, ctx: JobContext) -> None:
         self.p = params
@@ -94,8 +88,8 @@ class _Undo:
         self._teacher: Teacher | None = None
         self.loaded: str | None = None  # which weights self.student holds: "base" or an adapter path
         state = ctx.load_checkpoint()
-        if not state or state.get("fingerprint") != _fingerprint(params):
-            state = {"format": FORMAT, "fingerprint": _fingerprint(params), "phase": "teacher", "round": 0,
+        if not state or state.get("fingerprint") != params.fingerprint():
+            state = {"format": FORMAT, "fingerprint": params.fingerprint(), "phase": "teacher", "round": 0,
                      "teacher_done": 0, "refine_done": 0, "teacher_calls": 0, "teacher_cost_usd": 0.0,
                      "sources": {}, "rounds": [], "baseline": None, "best_round": None, "stop_reason": "",
                      "started_at": time.time()}

@@ -337,10 +337,9 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
 
 
 def _fingerprint(rows: list[tuple[str, str]], config: TrainConfig) -> str:
-    import hashlib
+    from escalon.distill.jobs.base import digest  # here: the jobs package imports this module
 
-    h = hashlib.sha1(json.dumps([rows, config.model_dump()], sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return digest([rows, config.model_dump()])
 
 
 def _read_state(out_dir: Path) -> dict[str, Any] | None:
