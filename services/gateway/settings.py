@@ -53,6 +53,9 @@ class GatewaySettings(ServiceSettings):
         description="operating points /v1/models lists as escalon/<name> "
         "(the names in ESCALON_ROUTER_OPERATING_POINTS)",
     )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3,
+                                description="largest request body accepted, in bytes (413 beyond; checked before the "
+                                            "body is read, after the API key)")
     request_timeout_s: float = Field(default=900.0, gt=0, le=3600, description="deadline of one route, in seconds")
     upstream_timeout_s: float = Field(default=5.0, gt=0, le=120,
                                       description="deadline of ListModels / ListJobs / health calls")

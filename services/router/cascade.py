@@ -21,7 +21,7 @@ from escalon.registry import Catalogue, Rung
 from escalon.router.circuit import RungBreakers
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
-from escalon.tokens import estimate_tokens
+from escalon.tokens import TokenCounters
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,14 @@ async def _no_event(kind: str, attempt: Attempt | None, message: str) -> None:
 
 class Cascade:
     def __init__(self, catalogue: Catalogue, generator: Generator, scorer: Scorer,
-                 sampling: SamplingConfig = SamplingConfig(), breakers: RungBreakers | None = None) -> None:
+                 sampling: SamplingConfig = SamplingConfig(), breakers: RungBreakers | None = None,
+                 tokens: TokenCounters | None = None) -> None:
         self.catalogue = catalogue
         self.generator = generator
         self.scorer = scorer
         self.sampling = sampling
         self.breakers = breakers or RungBreakers()
+        self.tokens = tokens or TokenCounters()  # each rung's tokenizer where known (escalon.tokens)
 
     def samples_for(self, rung: Rung) -> int:
         return self.sampling.local_samples if rung.is_local else self.sampling.remote_samples
@@ -109,7 +111,7 @@ class Cascade:
         """An upper estimate of one attempt's cost: every sample runs to max_tokens."""
         n = self.samples_for(rung)
         max_tokens = query.max_tokens or rung.max_tokens
-        return rung.cost(estimate_tokens(query.prompt) * n, max_tokens * n)
+        return rung.cost(self.tokens.count(rung, query.prompt) * n, max_tokens * n)
 
     def check_budget(self, plan: RoutePlan, query: RouteQuery) -> None:
         if query.max_cost_usd is None or not plan.rungs:

@@ -19,6 +19,7 @@ from escalon.gen.common.v1 import common_pb2
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import open_channel
 from escalon.metrics import metrics
+from escalon.tokens import TokenCounters
 from escalon.registry import Catalogue, LiveCatalogue, promoted_path
 from escalon.router.cascade import Attempt, Cascade, CascadeResult, SamplingConfig
 from escalon.router.clients import JudgeClient, ServingClient, wait_until_serving
@@ -224,7 +225,9 @@ class RouterService:
         await wait_until_serving(serving, f"serving at {self.settings.serving_address}", self.settings.dependency_wait_s)
         await wait_until_serving(judge, f"judge at {self.settings.judge_address}", self.settings.dependency_wait_s)
         sampling = SamplingConfig(self.settings.local_samples, self.settings.remote_samples, self.settings.temperature)
-        cascade = Cascade(self.catalogue, ServingClient(serving), JudgeClient(judge), sampling)
+        # Local rungs' tokenizers where the serving side converted them under the shared data dir.
+        tokens = TokenCounters(self.settings.data_dir / "models")
+        cascade = Cascade(self.catalogue, ServingClient(serving), JudgeClient(judge), sampling, tokens=tokens)
         self.router = Router(self.settings, self.catalogue, cascade, self.policy)
         self.router.live = LiveCatalogue(self.catalogue, promoted_path(self.settings.data_dir))
 

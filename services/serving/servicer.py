@@ -24,7 +24,7 @@ from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.metrics import metrics
 from escalon.registry import Catalogue, LiveCatalogue, Rung, promoted_path
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
-from escalon.tokens import estimate_tokens
+from escalon.tokens import TokenCounters
 
 from .settings import ServingSettings
 from .tiers import InProcessTiers, RayTiers, Tiers
@@ -57,6 +57,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         # Rungs promoted by distillation appear in an overlay file; each is loaded the first time it is seen.
         self.live = LiveCatalogue(catalogue, promoted_path(settings.data_dir) if settings.serve_promoted else None)
         self._adding = asyncio.Lock()
+        self.tokens = TokenCounters(settings.models_dir)  # context checks with each rung's tokenizer where known
 
     # ---- the Service protocol of escalon.grpc ----------------------------------------------------------
 
@@ -158,9 +159,10 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
                 "(ESCALON_SERVING_MAX_PROMPT_CHARS)",
                 field=f"{prefix}prompt",
             )
-        if estimate_tokens(prompt) >= rung.context_limit:
+        counter = self.tokens.for_rung(rung)
+        if (tokens := counter.count(prompt)) >= rung.context_limit:
             raise InvalidInput(
-                f"about {estimate_tokens(prompt)} tokens (characters / 4) does not fit rung {rung.name}'s "
+                f"{'' if counter.exact else 'about '}{tokens} tokens ({counter.name}) does not fit rung {rung.name}'s "
                 f"context limit of {rung.context_limit} tokens",
                 field=f"{prefix}prompt",
             )

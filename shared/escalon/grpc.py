@@ -50,6 +50,10 @@ _CHANNEL_OPTIONS = [
 # first and the kernel would split clients between them. Off, the second bind fails.
 _SERVER_OPTIONS = [*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 MAX_ERROR_CHARS = 1000
+try:  # what grpcio raises when a handler writes to, or aborts, a call that already ended
+    from grpc._cython.cygrpc import ExecuteBatchError as _CALL_OVER
+except ImportError:  # pragma: no cover - another grpcio layout
+    _CALL_OVER = ()
 DECODE_LOG_INTERVAL_S = 60.0
 _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -59,12 +63,12 @@ class Service(Protocol):
 
     #: full names of the gRPC services it registers, e.g. "escalon.router.v1.RouterService"
     service_names: tuple[str, ...]
+    #: optional: server interceptors of its own, run after error mapping (escalon.auth.KeyInterceptor)
+    # interceptors: tuple[grpc.aio.ServerInterceptor, ...]
 
     def register(self, server: grpc.aio.Server) -> None: ...
 
     async def start(self) -> None:
-    #: optional: server interceptors of its own, run after error mapping (escalon.auth.KeyInterceptor)
-    # interceptors: tuple[grpc.aio.ServerInterceptor, ...]
         """Get ready to answer: load models, open clients. Health says SERVING only after this returns."""
 
     async def close(self) -> None:
@@ -128,7 +132,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             self._log_decode_error(context.peer(), method, request.error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
-                                f"({clip(str(request.error) or type(request.error).__name__)})")
+                                f"({clip(str(request.error) or type(request.error).__name__, 200)})")
         if not self.ready and not method.startswith(_ALWAYS_OPEN):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{self.name} is starting (loading models, connecting); retry in a few seconds")
@@ -142,7 +146,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             self._decode_logged = {k: t for k, t in self._decode_logged.items() if now - t < DECODE_LOG_INTERVAL_S}
         self._decode_logged[client] = now
         log.warning("undecodable %s request from %s (%s: %s); further ones from this client are not logged "
-                    "for %.0fs", method, client, type(error).__name__, clip(str(error)), DECODE_LOG_INTERVAL_S)
+                    "for %.0fs", method, client, type(error).__name__, clip(str(error), 200), DECODE_LOG_INTERVAL_S)
 
     def _guard_unary(self, fn: Callable[..., Awaitable[Any]], method: str):
         async def call(request, context):
@@ -171,6 +175,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if context.done() or isinstance(exc, _CALL_OVER):
+        # The caller's deadline passed or it hung up while the answer was being made: nobody to tell, nothing
+        # went wrong here. Ending the handler as cancelled keeps gRPC from logging it as a servicer error.
+        log.debug("%s ended before its answer (%s)", method, type(exc).__name__)
+        raise asyncio.CancelledError()
     if isinstance(exc, EscalonError):
         await context.abort(exc.code, clip(str(exc), MAX_ERROR_CHARS))
     log.exception("unexpected error in %s", method, exc_info=exc)

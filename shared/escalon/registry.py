@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from escalon.errors import ConfigError, InvalidInput, shown
 
@@ -71,7 +71,9 @@ class Rung(_Strict):
     backend: Backend
     model: str = Field(min_length=1, description="packaged model id or path; remote model name; replayed model")
     prompt_format: Literal["chat", "completion"] = "chat"
-    price: Price
+    # never None once validated: unset, the maintained price map's price for a known provider model (escalon.prices)
+    price: Price | None = Field(default=None, description="USD per 1M tokens; unset = the price map's, for a known "
+                                                          "provider model")
     context_limit: int = Field(default=2048, gt=0, description="tokens of prompt + answer")
     max_tokens: int = Field(default=256, gt=0, description="default answer length")
     timeout_s: float = Field(default=120, gt=0, description="total time for one call, retries included")
@@ -95,7 +97,23 @@ class Rung(_Strict):
             raise ValueError("an openai rung needs base_url (the endpoint's /v1 URL)")
         if self.backend == "replay" and self.benchmark is None:
             raise ValueError("a replay rung needs benchmark (a benchmark.parquet path)")
+        if self.price is None:
+            from escalon.prices import provider_price
+
+            found = provider_price(self.model, self.base_url)
+            if found is None:
+                raise ValueError(f"no price: set price (input_per_1m, output_per_1m); the price map does not know "
+                                 f"model {self.model!r}")
+            object.__setattr__(self, "price", Price(input_per_1m=found.input_per_1m, output_per_1m=found.output_per_1m))
+            self._price_source = found.source
         return self
+
+    _price_source: str = PrivateAttr(default="catalogue")
+
+    @property
+    def price_source(self) -> str:
+        """Where the price came from: "catalogue", or the price map and the entry it matched."""
+        return self._price_source
 
     @property
     def is_local(self) -> bool:

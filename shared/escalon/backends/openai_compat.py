@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from escalon.errors import ConfigError, InvalidInput, RungUnavailable
 from escalon.registry import Rung
 
-from escalon.tokens import estimate_tokens
+from escalon.tokens import TokenCounters
 
 from .base import Backend, GenerateParams, GenerateResult, Sample, TokenLogprob
 
@@ -53,6 +53,7 @@ class OpenAICompatBackend(Backend):
         self.base_url = rung.base_url.rstrip("/")
         self.path = "/chat/completions" if rung.prompt_format == "chat" else "/completions"
         self._client: httpx.AsyncClient | None = None
+        self.tokens = TokenCounters()  # where the provider reports no usage: tiktoken for OpenAI models
 
     def load(self) -> None:
         headers = {}
@@ -164,12 +165,12 @@ class OpenAICompatBackend(Backend):
             samples.append(Sample(text=text, finish_reason=finish, output_tokens=0, logprobs=logprobs))
         usage = data.get("usage") or {}
         for sample in samples:
-            sample.output_tokens = len(sample.logprobs) or estimate_tokens(sample.text)
+            sample.output_tokens = len(sample.logprobs) or self.tokens.count(self.rung, sample.text)
         if len(samples) == 1 and usage.get("completion_tokens") is not None:
             samples[0].output_tokens = int(usage["completion_tokens"])
         return GenerateResult(
             samples=samples,
-            input_tokens=int(usage.get("prompt_tokens") or estimate_tokens(params.prompt)),
+            input_tokens=int(usage.get("prompt_tokens") or self.tokens.count(self.rung, params.prompt)),
             output_tokens=int(usage.get("completion_tokens") or sum(s.output_tokens for s in samples)),
         )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from escalon.errors import ConfigError, RungUnavailable
 from escalon.registry import Rung
 
-from escalon.tokens import estimate_tokens
+from escalon.tokens import TokenCounters
 
 from .base import Backend, GenerateParams, GenerateResult, Sample
 
@@ -39,6 +39,7 @@ class ReplayBackend(Backend):
             raise ConfigError(f"replay rung {rung.name} needs benchmark (a benchmark.parquet path)")
         self.path = Path(rung.benchmark)
         self._rows: dict[str, dict] = {}
+        self.tokens = TokenCounters()
 
     def load(self) -> None:
         import pandas as pd
@@ -72,7 +73,8 @@ class ReplayBackend(Backend):
             raise RungUnavailable(
                 f"{self.rung.model} has a recorded score but no recorded response for {row['prompt_id']} in {self.path}"
             )
-        input_tokens, output_tokens = estimate_tokens(params.prompt), estimate_tokens(response)
+        # The recorded model's tokenizer where known (tiktoken for OpenAI models), else characters / 4.
+        input_tokens, output_tokens = self.tokens.count(self.rung, params.prompt), self.tokens.count(self.rung, response)
         cost = _number(row["cost_usd"])
         score = _number(row["score"])
         return GenerateResult(
