@@ -31,6 +31,9 @@ EPILOG = """examples:
   escalon judge live --out reports/judges-live
   escalon eval --benchmark data/llmrouter-dcrouter --out reports/dcrouter   routing policies vs baselines
   escalon taxonomy label --in logs.jsonl --out labelled.jsonl --benchmark data/llmrouter-dcrouter
+  escalon routes list --since 1h                  the route log (ESCALON_DATABASE_URL)
+  escalon routes export --since 7d --out traffic.parquet     real traffic in the benchmark format
+  escalon keys create --tenant acme --budget-day 5 --rate-limit 10/second
 """
 
 
@@ -117,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     from escalon.cli import router_artefact as router_cli
 
     router_cli.add_parser(sub)
+    from escalon.cli import keys as keys_cli
+    from escalon.cli import routes as routes_cli
+
+    routes_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
-OFFLINE_COMMANDS = {"eval": "evaluate", "router": "router_artefact", "taxonomy": "taxonomy", "judge": "judge"}
+OFFLINE_COMMANDS = {"eval": "evaluate", "router": "router_artefact", "taxonomy": "taxonomy", "judge": "judge",
+                    "routes": "routes", "keys": "keys"}
 
 
 def main(argv: list[str] | None = None) -> None:
