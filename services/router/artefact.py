@@ -3,6 +3,7 @@
     manifest.json   format, version, created, source benchmark fingerprint, encoder, files
     model.json      rungs, families, tasks, taxonomy classes and domain names, familiarity thresholds,
                     cost scale, judge weights, whether the cascade probes
+    cascade_routing.json  (when cascade routing beat one-call routing on train) the post-hoc estimators
     arrays.npz      taxonomy heads and domain centroids, profile table, predictor, cost model, memory
 
 `write_artefact` writes into a temporary sibling and renames it into place, then rewrites manifest.json last:
@@ -26,6 +27,7 @@ import numpy as np
 
 from escalon.errors import ConfigError
 from escalon.judging import JudgeWeights
+from escalon.router.cascade_routing import QualityEstimator
 from escalon.router.predictor import SuccessPredictor
 from escalon.router.routing_model import Familiarity, RoutingModel
 from escalon.router.taxonomy import Profile, SoftmaxHead, Taxonomy
@@ -41,6 +43,7 @@ class Artefact:
     judge_weights: JudgeWeights | None
     probe: bool
     manifest: dict
+    estimator: QualityEstimator | None = None  # cascade routing's post-hoc estimates; None = one-call routing
 
     @property
     def version(self) -> str:
@@ -48,7 +51,7 @@ class Artefact:
 
 
 def write_artefact(folder: Path | str, model: RoutingModel, judge_weights: JudgeWeights | None, probe: bool,
-                   source: dict, notes: list[str] = ()) -> Path:
+                   source: dict, notes: list[str] = (), estimator: QualityEstimator | None = None) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     version = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -77,9 +80,13 @@ def write_artefact(folder: Path | str, model: RoutingModel, judge_weights: Judge
     staging.mkdir()
     np.savez_compressed(staging / "arrays.npz", **arrays)
     (staging / "model.json").write_text(json.dumps(meta, indent=1))
+    files = ["model.json", "arrays.npz"]
+    if estimator is not None:
+        (staging / "cascade_routing.json").write_text(json.dumps(estimator.to_dict(), indent=1))
+        files.append("cascade_routing.json")
     manifest = {"format": FORMAT, "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": source, "encoder": model.encoder, "rungs": model.rungs, "notes": list(notes),
-                "files": ["model.json", "arrays.npz"]}
+                "files": files}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if folder.exists():
         old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
@@ -114,6 +121,11 @@ def load_artefact(folder: Path | str, *, field: str = ENV) -> Artefact:
                              float(meta["cost_scale"]), a["memory"], a["memory_scores"], Familiarity(**meta["familiarity"]),
                              float(meta["mean_success"]), list(meta.get("models", [])))
         weights = JudgeWeights.from_dict(meta["judge_weights"]) if meta.get("judge_weights") else None
+        estimator = None
+        if "cascade_routing.json" in manifest.get("files", []):
+            estimator = QualityEstimator.from_dict(json.loads((folder / "cascade_routing.json").read_text()))
+            if estimator.rungs != list(meta["rungs"]):
+                raise ValueError("cascade_routing.json names other rungs than model.json")
         if weights is not None and not weights.version:
             weights = JudgeWeights(weights.bias, weights.weights, manifest["version"])
     except FileNotFoundError as exc:
@@ -122,7 +134,7 @@ def load_artefact(folder: Path | str, *, field: str = ENV) -> Artefact:
                           field=field) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"router artefact {folder} is unreadable: {exc}; retrain it{unset}", field=field) from None
-    return Artefact(model, weights, bool(meta.get("probe")), manifest)
+    return Artefact(model, weights, bool(meta.get("probe")), manifest, estimator)
 
 
 def source_fingerprint(path: Path | str) -> dict:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from escalon.answer_keys import answer_key
 from escalon.errors import BudgetExceeded, RungUnavailable
 from escalon.judging import Candidate, Judgement, JudgeResult
 from escalon.metrics import metrics
@@ -116,7 +117,8 @@ class Cascade:
     def check_budget(self, plan: RoutePlan, query: RouteQuery) -> None:
         if query.max_cost_usd is None or not plan.rungs:
             return
-        cheapest = min(plan.rungs, key=lambda name: self.cost_bound(self.catalogue.get(name), query))
+        candidates = [n for n in plan.stepper.names if n] if plan.stepper is not None else plan.rungs
+        cheapest = min(candidates, key=lambda name: self.cost_bound(self.catalogue.get(name), query))
         bound = self.cost_bound(self.catalogue.get(cheapest), query)
         if bound > query.max_cost_usd:
             raise BudgetExceeded(
@@ -132,6 +134,8 @@ class Cascade:
         listed first among the attempts with the reason."""
         skipped = skipped or {}
         self.check_budget(plan, query)
+        if plan.stepper is not None:
+            return await self._run_stepped(query, plan, on_event, on_text)
         attempts: list[Attempt] = [Attempt(name, self.catalogue.get(name).family, note=f"skipped: {why}")
                                    for name, why in skipped.items()]
         references: list[Candidate] = []
@@ -194,6 +198,60 @@ class Cascade:
                                      attempts)
             await on_event("escalated", attempt, f"{rung.name} below {plan.threshold:.2f}: escalating")
         return self._fallback(attempts, plan)
+
+    async def _run_stepped(self, query: RouteQuery, plan: RoutePlan, on_event: EventSink,
+                           on_text: Callable[[str, str], Awaitable[None]] | None) -> CascadeResult:
+        """Cascade routing: the plan's stepper picks each next rung from the answers so far, or stops; the
+        answer returned is the answered rung with the highest post-hoc estimate. The judges still score every
+        answer for the trace; their verdicts do not decide here (the estimator's features do)."""
+        stepper = plan.stepper
+        if query.max_cost_usd is not None:
+            stepper.limit_budget([self.cost_bound(self.catalogue.get(n), query) if n else float("inf")
+                                  for n in stepper.names], query.max_cost_usd)
+        attempts: list[Attempt] = []
+        references: list[Candidate] = []
+        by_rung: dict[str, Attempt] = {}
+        while (name := stepper.next()) is not None:
+            rung = self.catalogue.get(name)
+            attempt = Attempt(rung.name, rung.family)
+            attempts.append(attempt)
+            await on_event("started", attempt, f"asking {rung.name} (best set: "
+                           f"{', '.join(stepper.names[c] for c in stepper.last_set)}; value {stepper.last_value:.3f})")
+            with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
+                span.set_attribute(ATTR_RUNG, rung.name)
+                try:
+                    answers = await self._generate(rung, query, attempt, on_text)
+                except (RungUnavailable, asyncio.TimeoutError) as exc:
+                    attempt.note = f"skipped: {exc or 'timed out'}"
+                    stepper.failed(rung.name)
+                    await on_event("judged", attempt, attempt.note)
+                    continue
+                judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type)
+                attempt.scores = judgement.scores
+                attempt.parsed_answer = judgement.answer
+                attempt.answer = judgement.answer_text or answers[0].text
+                first = answers[0]
+                stepper.observe(rung.name, None if first.truncated else answer_key(first.text, query.prompt),
+                                len(first.text), self.cost_bound(rung, query))
+                attempt.confidence = float(stepper.estimates()[0][stepper.names.index(rung.name)])
+                span.set_attribute(ATTR_CONFIDENCE, attempt.confidence)
+                span.set_attribute(ATTR_COST_USD, attempt.cost_usd)
+            references.extend(answers)
+            by_rung[rung.name] = attempt
+            await on_event("judged", attempt, f"{rung.name}: post-hoc quality {attempt.confidence:.2f}")
+        chosen, quality = stepper.best()
+        if chosen is None:
+            notes = "; ".join(f"{a.rung}: {a.note}" for a in attempts) or "no rung fits"
+            raise RungUnavailable(f"no rung could answer ({notes})")
+        q, _ = stepper.estimates()
+        for a in by_rung.values():  # the final estimates, now that every answer is in
+            a.confidence = float(q[stepper.names.index(a.rung)])
+        winner = by_rung[chosen]
+        winner.accepted = True
+        answered = [a for a in attempts if a.answered]
+        return CascadeResult(winner.answer, chosen, quality,
+                             f"cascade routing stopped after {len(answered)} answer(s): {chosen} has the highest "
+                             f"post-hoc quality estimate ({quality:.2f})", attempts)
 
     async def _generate(self, rung: Rung, query: RouteQuery, attempt: Attempt,
                         on_text: Callable[[str, str], Awaitable[None]] | None) -> list[Candidate]:

@@ -46,6 +46,9 @@ class RoutePlan:
     predicted_success: Mapping[str, float] = field(default_factory=dict)  # sent to the predicted_success judge
     judge_weights: JudgeWeights | None = None  # how the panel aggregates; None = mean of the judges that ran
     min_agreeing_share: float = AGREEING_SHARE
+    # cascade routing (escalon.router.cascade_routing.Stepper): decides after every answer which rung runs next
+    # or stops; `rungs` then lists its first best set, for the trace
+    stepper: object | None = None
 
 
 class RoutingPolicy(Protocol):

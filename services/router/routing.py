@@ -23,6 +23,7 @@ import numpy as np
 
 from escalon.judging import JudgeWeights
 from escalon.registry import Catalogue
+from escalon.router.cascade_routing import QualityEstimator, Stepper
 from escalon.router.embedding import require_encoder
 from escalon.router.policy import Label, RoutePlan, RouteQuery
 from escalon.router.routing_model import Prediction, RoutingModel
@@ -97,19 +98,28 @@ def policy_success(policy: str, pred: Prediction) -> np.ndarray:
     return pred.hybrid
 
 
+def _first_set(stepper: Stepper) -> tuple[int, ...]:
+    """The columns of the set the planner would buy before any answer (a fresh stepper's first decision)."""
+    probe = Stepper(stepper.estimator, stepper.names, stepper.ex_ante[0], stepper.cost[0], stepper.lam,
+                    None if stepper.context is None else stepper.context[0])
+    probe.next()
+    return probe.last_set
+
+
 class HybridPolicy:
     """The Router API's policy when an artefact is loaded: embed, predict, build_plan (hybrid+cascade)."""
 
     name = "hybrid+cascade"
 
     def __init__(self, model: RoutingModel, encoder, judge_weights: JudgeWeights | None, probe: bool,
-                 version: str = "") -> None:
+                 version: str = "", estimator: QualityEstimator | None = None) -> None:
         require_encoder(model.encoder, encoder)
         self.model = model
         self.encoder = encoder
         self.judge_weights = judge_weights
         self.probe = probe
         self.version = version
+        self.estimator = estimator  # cascade routing's post-hoc estimates (None: one-call routing / probes)
 
     def predict(self, prompt: str) -> tuple[np.ndarray, Prediction]:
         x = self.encoder.encode([prompt])
@@ -119,8 +129,12 @@ class HybridPolicy:
         if query.pin_rung:
             return RoutePlan((query.pin_rung,), "pinned", f"the request pinned rung {query.pin_rung}", query.threshold)
         x, pred = self.predict(query.prompt)
-        success, cost, families = self._columns(pred, catalogue, rungs, query.prompt)
         lam = lambda_for_threshold(query.threshold)
+        if self.estimator is not None:
+            stepped = self._cascade_routing_plan(query, catalogue, rungs, x, pred, lam)
+            if stepped is not None:
+                return stepped
+        success, cost, families = self._columns(pred, catalogue, rungs, query.prompt)
         allowed = None
         if query.max_cost_usd is not None:  # leave out rungs whose one answer could already exceed the budget
             tokens = estimate_tokens(query.prompt)
@@ -143,6 +157,32 @@ class HybridPolicy:
             judge_weights=self.judge_weights,
             min_agreeing_share=0.0 if self.judge_weights is not None else 2 / 3,
         )
+
+    def _cascade_routing_plan(self, query: RouteQuery, catalogue: Catalogue, rungs: list[str], x: np.ndarray,
+                              pred: Prediction, lam: float) -> RoutePlan | None:
+        """Cascade routing over the artefact's columns that a routed rung serves (by name, else by model);
+        None when no routed rung maps to a column (then one-call routing over the catalogue's prices)."""
+        by_name = {name: name for name in rungs}
+        by_model = {catalogue.get(name).model: name for name in rungs}
+        names = [by_name.get(r, by_model.get(m)) for r, m in
+                 zip(self.model.rungs, self.model.models or [None] * len(self.model.rungs))]
+        if not any(names):
+            return None
+        stepper = Stepper(self.estimator, names, pred.hybrid[0], pred.cost[0] / self.model.cost_scale, lam,
+                          pred.p_task[0])
+        best_set = tuple(names[c] for c in _first_set(stepper))
+        if not best_set:
+            return None
+        path = "taxonomy" if pred.familiar[0] else "learned"
+        left_out = [r for r in rungs if r not in names]
+        reason = (f"cascade routing ({path} path: {pred.why(0, self.model)}); λ={lam:.4g} from τ={query.threshold:.2f}; "
+                  f"first best set {', '.join(best_set)}; each next rung is chosen from the answers so far")
+        if left_out:
+            reason += f"; not in the artefact, so not planned: {', '.join(left_out)}"
+        return RoutePlan(best_set, f"{self.name}/cascade-routing", reason, query.threshold,
+                         labels=self.labels(x, pred, query.prompt),
+                         predicted_success={n: float(pred.hybrid[0, i]) for i, n in enumerate(names) if n},
+                         stepper=stepper)
 
     def _columns(self, pred: Prediction, catalogue: Catalogue, rungs: list[str], prompt: str):
         """Success, cost and family per routed rung, matched to the artefact's columns by rung name or by the
@@ -199,7 +239,7 @@ class ArtefactPolicy:
                 encoder.encode(["warm up"])  # load the model now, not on the first request
                 self._encoders[name] = encoder
             self._policy = HybridPolicy(artefact.model, self._encoders[name], artefact.judge_weights,
-                                        artefact.probe, artefact.version)
+                                        artefact.probe, artefact.version, artefact.estimator)
         return self._policy
 
     def plan(self, query: RouteQuery, catalogue: Catalogue, rungs: list[str]) -> RoutePlan:

@@ -1,0 +1,185 @@
+"""Cascade routing: the E[max] model, the planner's step, the fitted post-hoc estimates, and that the Router's
+per-request Stepper and the harness's batch simulation take the same decisions."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from escalon.answer_keys import answer_key
+from escalon.benchmark import load_benchmark, model_family
+from escalon.offline.evaluation import cascade_routing_fit as crf
+from escalon.offline.evaluation.replay_cascade import in_process_cascade, replay_catalogue
+from escalon.offline.evaluation.synthetic import write_synthetic
+from escalon.router.cascade import Cascade, SamplingConfig
+from escalon.router.cascade_routing import (AnswerState, QualityEstimator, Stepper, expected_max, plan_step)
+from escalon.router.policy import RoutePlan, RouteQuery
+from escalon.router.routing_model import LAMBDAS
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_expected_max_matches_monte_carlo(k):
+    rng = np.random.default_rng(k)
+    base, base_sd = 0.6, 0.1
+    mu, sd = rng.uniform(0.3, 0.9, k), rng.uniform(0.05, 0.3, k)
+    draws = np.maximum(rng.normal(base, base_sd, 200_000), rng.normal(mu, sd, (200_000, k)).max(axis=1)).mean()
+    got = expected_max(np.array(base), mu, sd, np.ones(k, bool), np.array(base_sd))
+    assert got == pytest.approx(draws, abs=0.01 if k > 1 else 0.002)  # Clark is exact for one fold
+
+
+def test_expected_max_of_certain_values_is_their_max():
+    got = expected_max(np.array(0.4), np.array([0.7, 0.5]), np.zeros(2), np.array([True, False]))
+    assert got == pytest.approx(0.7)
+
+
+def test_the_planner_stops_when_the_answer_in_hand_is_best_and_climbs_when_not():
+    run = np.array([[True, False, False]])
+    cost = np.array([[0.01, 0.1, 1.0]])
+    sigma = np.zeros((1, 3))
+    sure = plan_step(np.array([[0.95, 0.6, 0.9]]), sigma, run, cost, lam=0.1)
+    assert sure.next_rung[0] == -1
+    doubtful = plan_step(np.array([[0.2, 0.6, 0.9]]), sigma, run, cost, lam=0.1)
+    assert doubtful.next_rung[0] == 2  # worth its price: 0.9 − 0.1 > 0.6 − 0.01
+    dear = plan_step(np.array([[0.2, 0.6, 0.9]]), sigma, run, cost, lam=1.0)
+    assert dear.next_rung[0] == 1  # at this λ the dearest rung does not pay
+
+
+def test_a_first_step_must_run_something_and_runs_the_cheapest_of_the_best_set():
+    q = np.array([[0.5, 0.55, 0.9]])
+    step = plan_step(q, np.full((1, 3), 0.3), np.zeros((1, 3), bool), np.array([[0.01, 0.02, 0.5]]), lam=0.05)
+    assert step.next_rung[0] >= 0
+    assert step.next_rung[0] == min(step.best_set[0], key=lambda c: [0.01, 0.02, 0.5][c])
+
+
+def test_the_planner_never_plans_past_the_budget_or_the_depth():
+    q = np.array([[0.3, 0.5, 0.95]])
+    bound = np.array([[1.0, 2.0, 5.0]])
+    step = plan_step(q, np.full((1, 3), 0.2), np.zeros((1, 3), bool), bound / 10, lam=0.0, bound=bound,
+                     remaining=np.array([3.5]))
+    assert sum(bound[0, c] for c in step.best_set[0]) <= 3.5
+    assert 2 not in step.best_set[0]
+    full = plan_step(q, np.full((1, 3), 0.2), np.array([[True, True, False]]), bound / 10, lam=0.0, depth=2)
+    assert full.next_rung[0] == -1
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Out-of-fold-like inputs from the synthetic benchmark: a noisy ex-ante estimate per task and rung."""
+    path = write_synthetic(tmp_path_factory.mktemp("cr") / "b.parquet", n=600, seed=3)
+    bench = load_benchmark(path)
+    rng = np.random.default_rng(0)
+    tasks = bench.tasks
+    means = {t: np.nanmean(bench.scores[tasks == t], axis=0) for t in set(tasks)}
+    ex_ante = np.clip(np.array([means[t] for t in tasks]) + rng.normal(0, 0.05, bench.scores.shape), 0.02, 0.98)
+    cost = np.nanmean(bench.costs, axis=0)[None, :].repeat(bench.n, 0) / np.nanmean(bench.costs)
+    answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models))
+    families = [model_family(m) for m in bench.models]
+    return bench, ex_ante, cost, answers, families
+
+
+@pytest.fixture(scope="module")
+def estimator(synthetic):
+    bench, ex_ante, cost, answers, families = synthetic
+    train = bench.train_idx
+    return crf.fit_estimator(ex_ante[train], cost[train], answers.rows(train), bench.scores[train],
+                             bench.rung_names(), families, LAMBDAS, seed=0)
+
+
+def test_post_hoc_estimates_are_sharper_than_ex_ante_ones(synthetic, estimator):
+    bench, ex_ante, cost, answers, _ = synthetic
+    test = bench.test_idx
+    rows = np.arange(len(test))
+    state = AnswerState.empty(len(test), 3)
+    small, mid, large = (bench.models.index(m) for m in ("cheapco/small", "otherlab/mid", "bigcorp/large"))
+    for r in (small, mid):  # the two cheaper rungs answered
+        state = state.with_answer(rows, np.full(len(rows), r), answers.codes[test, r], answers.lengths[test, r])
+    q, sigma = estimator.estimate(ex_ante[test], state)
+    y = bench.scores[test, small] >= 0.5
+    assert roc_auc_score(y, q[:, small]) > roc_auc_score(y, ex_ante[test, small]) + 0.05
+    # run rungs are known, the unrun one is not
+    assert (sigma[:, [small, mid]] == 0).all() and (sigma[:, large] > 0).all()
+
+
+def test_estimator_round_trips_and_refuses_other_features(estimator):
+    again = QualityEstimator.from_dict(estimator.to_dict())
+    x = np.array([[0.5, 0.6, 0.9]])
+    state = AnswerState.empty(1, 3).with_answer(np.array([0]), np.array([0]), np.array([0]), np.array([20.0]))
+    assert np.allclose(again.estimate(x, state)[0], estimator.estimate(x, state)[0])
+    data = estimator.to_dict()
+    data["features"]["run"] = ["something", "else"]
+    with pytest.raises(ValueError, match="refit"):
+        QualityEstimator.from_dict(data)
+
+
+def test_cascade_routing_pays_off_where_answers_agree(synthetic, estimator):
+    """On data where agreeing answers are right, cascade routing beats the best one-call choice per λ."""
+    bench, ex_ante, cost, answers, _ = synthetic
+    test = bench.test_idx
+    scores, costs = bench.scores[test], bench.costs[test]
+    out = crf.simulate(estimator, ex_ante[test], cost[test], answers.rows(test), scores, costs, lam=0.05)
+    route = (ex_ante[test] - 0.05 * cost[test]).argmax(1)
+    routed_quality = scores[np.arange(len(test)), route].mean()
+    assert out.quality.mean() > routed_quality
+    strongest = bench.models.index("bigcorp/large")
+    assert out.paid.mean() < costs[:, strongest].mean()  # and cheaper than always asking the strongest rung
+
+
+def test_the_stepper_takes_the_simulations_decisions(synthetic, estimator):
+    bench, ex_ante, cost, answers, _ = synthetic
+    test = bench.test_idx[:40]
+    names = bench.rung_names()
+    for lam in (0.0, 0.05, 1.0):
+        batch = crf.simulate(estimator, ex_ante[test], cost[test], answers.rows(test), bench.scores[test],
+                             bench.costs[test], lam)
+        for i, row in enumerate(test):
+            stepper = Stepper(estimator, names, ex_ante[row], cost[row], lam)
+            calls = 0
+            while (rung := stepper.next()) is not None:
+                j = names.index(rung)
+                stepper.observe(rung, answer_key(bench.responses[row, j], bench.texts[row]),
+                                len(bench.responses[row, j]))
+                calls += 1
+            chosen, _ = stepper.best()
+            assert calls == batch.calls[i]
+            assert names.index(chosen) == batch.answered_by[i]
+
+
+def test_the_routers_cascade_runs_the_stepper_over_replay_rungs(synthetic, estimator):
+    """The Router's Cascade with a Stepper plan, replaying recorded answers, answers as the simulation does
+    and never exceeds a budget."""
+    bench, ex_ante, cost, answers, _ = synthetic
+    catalogue = replay_catalogue(bench)
+    cascade = in_process_cascade(catalogue)
+    names = bench.rung_names()
+    test = bench.test_idx[:12]
+    batch = crf.simulate(estimator, ex_ante[test], cost[test], answers.rows(test), bench.scores[test],
+                         bench.costs[test], 0.05)
+
+    async def go():
+        out = []
+        for row in test:
+            stepper = Stepper(estimator, names, ex_ante[row], cost[row], 0.05)
+            plan = RoutePlan(tuple(names), "test/cascade-routing", "test", 0.0, stepper=stepper)
+            out.append(await cascade.run(RouteQuery(prompt=bench.texts[row], threshold=0.0), plan))
+        return out
+
+    results = asyncio.run(go())
+    for i, result in enumerate(results):
+        assert names.index(result.rung) == batch.answered_by[i]
+        assert sum(a.answered for a in result.attempts) == batch.calls[i]
+        assert result.total_cost_usd == pytest.approx(batch.paid[i])
+    budget = float(np.nanmean(bench.costs[:, 1]))
+    bounded = Cascade(catalogue, cascade.generator, cascade.scorer, SamplingConfig(remote_samples=1))
+
+    async def one():
+        row = test[0]
+        stepper = Stepper(estimator, names, ex_ante[row], cost[row], 0.0)
+        plan = RoutePlan(tuple(names), "test/cascade-routing", "test", 0.0, stepper=stepper)
+        query = RouteQuery(prompt=bench.texts[row], threshold=0.0, max_cost_usd=budget * 3)
+        return await bounded.run(query, plan), query
+
+    result, query = asyncio.run(one())
+    assert result.total_cost_usd <= query.max_cost_usd
