@@ -133,6 +133,7 @@ async def run_bench(requests: int = 1000, concurrencies: tuple[int, ...] = (1, 1
                 figures.append(measure_sync(f"decision: {policy.name} plan()",
                                             lambda: policy.plan(query, catalogue, catalogue.names), requests=requests))
                 figures.extend(hybrid_decision_figures(Path(scratch), requests))
+                figures.extend(planner_step_figures(requests))
 
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 request = router_pb2.RouteRequest(prompt=DEMO_PROMPT, answer_type=AnswerType.ANSWER_TYPE_NUMBER)
@@ -167,6 +168,40 @@ def hybrid_decision_figures(scratch: Path, requests: int) -> list[Figure]:
         folder = scratch / "synthetic" / f"artefact-{encoder}"
         evaluate(path, policies=["hybrid"], encoder=encoder, cache_dir=scratch / "embeddings", artefact_dir=folder)
         figures.append(decision_figure(LiveArtefact(folder), scratch, requests))
+    return figures
+
+
+def planner_step_figures(requests: int) -> list[Figure]:
+    """Cascade routing's overhead per step (estimates + the set search; no embedding): with the estimator of
+    $ESCALON_ROUTER_ARTEFACT when it has one, else one of 28 rungs (mmlu-pro-28's width) with random
+    coefficients — the time depends on the shapes, not the values."""
+    import numpy as np
+
+    from escalon.router.artefact import load_artefact
+    from escalon.router.cascade_routing import (DEPTH, RUN_FEATURES, UNRUN_FEATURES, QualityEstimator,
+                                                Stepper)
+
+    folder = os.environ.get("ESCALON_ROUTER_ARTEFACT")
+    estimator = load_artefact(folder).estimator if folder else None
+    context = None
+    if estimator is None:
+        rng = np.random.default_rng(0)
+        R, C = 28, 14
+        estimator = QualityEstimator([f"r{i}" for i in range(R)], [f"f{i % 7}" for i in range(R)],
+                                     rng.normal(0, 0.3, len(RUN_FEATURES) + 2 * R + C), -0.2,
+                                     rng.normal(0, 0.3, len(UNRUN_FEATURES) + 2 * R + C), -0.2,
+                                     np.full((DEPTH, R), 0.05), np.full((DEPTH + 1, DEPTH + 1), 0.1))
+        context = np.full(C, 1 / C)
+    R = len(estimator.rungs)
+    rng = np.random.default_rng(1)
+    ex_ante, cost = rng.uniform(0.2, 0.9, R), rng.uniform(0.01, 1.0, R)
+    figures = []
+    for answered in (0, 2):
+        stepper = Stepper(estimator, list(estimator.rungs), ex_ante, cost, 0.1, context)
+        for i in range(answered):
+            stepper.observe(estimator.rungs[i], f"answer {i % 2}", 200)
+        figures.append(measure_sync(f"planner step: cascade routing, {R} rungs, {answered} answered",
+                                    stepper.next, requests=max(200, requests)))
     return figures
 
 

@@ -141,7 +141,7 @@ class QualityEstimator:
         n, R = ex_ante.shape
         d = np.minimum(state.run.sum(-1), DEPTH - 1)
         sigma = self.sigma[d]  # [n, R]
-        if not self.posthoc:
+        if not self.posthoc or not state.run.any():  # nothing answered yet: the ex-ante estimates stand
             return ex_ante.copy(), np.where(state.run, 0.0, sigma)
         run_x, summary = state_features(ex_ante, state, self.cross_family)
         q_run = self._apply(run_x, self.run_coef, self.run_bias, "run", context)
