@@ -52,6 +52,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     worker.add_argument("--loglevel", default="INFO", help="worker log level (default: INFO)")
     worker.add_argument("--hostname", default=None, help="worker node name (default: distill@<host>)")
+    worker.add_argument("--beat", action="store_true",
+                        help="also run Celery beat in this worker (the route log's daily pruning); one per cluster")
     worker.add_argument("--metrics-port", type=int, default=None,
                         help="port of the worker's /metrics (default: ESCALON_DISTILL_METRICS_PORT; 0 = a free one)")
 
@@ -79,7 +81,12 @@ def _serve(settings: DistillSettings) -> None:
     from escalon.grpc import serve
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(DistillService(settings), settings, "escalon-distill"))
+    from escalon.config import load_settings
+    from escalon.db.settings import DatabaseSettings
+
+    # who may submit jobs: API keys of scope `jobs` in Escalon's database (escalon.auth)
+    service = DistillService(settings, database=load_settings(DatabaseSettings))
+    asyncio.run(serve(service, settings, "escalon-distill"))
 
 
 def _worker(settings: DistillSettings, args: argparse.Namespace) -> None:
@@ -108,6 +115,7 @@ def _worker(settings: DistillSettings, args: argparse.Namespace) -> None:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *(["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"] if args.beat else []),
         ]
     )
 

@@ -29,6 +29,7 @@ import kombu.transport.sqlalchemy
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from escalon.distill.maintenance import PRUNE_EVERY_S, PRUNE_TASK
 from escalon.distill.settings import QUEUES, DistillSettings
 from escalon.distill.store import JobStore
 
@@ -122,6 +123,9 @@ def create_celery(settings: DistillSettings) -> DistillCelery:
         # finished and do nothing, so no work is thrown away (and Celery's warning about it is answered).
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
+        # beat (worker --beat, or `celery beat`): the route log's retention, daily (escalon.distill.maintenance)
+        beat_schedule={"prune-route-log": {"task": PRUNE_TASK, "schedule": PRUNE_EVERY_S,
+                                           "options": {"queue": "cpu", "routing_key": "cpu"}}},
     )
     if settings.broker_kind == "sqlalchemy":
         # FEASIBILITY.md: `polling_interval` in the transport options reaches create_engine and raises

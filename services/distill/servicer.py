@@ -30,6 +30,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from escalon.auth import Gate, KeyInterceptor
+from escalon.db.engine import LazyDatabase
+from escalon.db.settings import DatabaseSettings
 from escalon.distill import jobs
 from escalon.distill.celery_app import DistillCelery, create_celery, instrument_celery
 from escalon.distill import metrics as distill_metrics
@@ -64,11 +67,16 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
     service_names = (distill_pb2.DESCRIPTOR.services_by_name["DistillService"].full_name,)
 
     def __init__(
-        self, settings: DistillSettings, *, app: DistillCelery | None = None, store: JobStore | None = None
+        self, settings: DistillSettings, *, app: DistillCelery | None = None, store: JobStore | None = None,
+        database: DatabaseSettings | None = None,
     ) -> None:
+        """`database`: API keys (escalon.auth, scope `jobs`) from Escalon's database; None (tests) = open."""
         self.settings = settings
         self._app = app
         self._store = store
+        self._keys = LazyDatabase(database.database_url) if database is not None else None
+        self._gate = Gate(database, self._keys, service="distill") if database is not None else None
+        self.interceptors = (KeyInterceptor(self._gate, "jobs"),) if self._gate is not None else ()
         # One thread publishes: kombu producers are not shared across threads, and SubmitJob is not hot.
         self._broker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-broker")
 
@@ -88,6 +96,8 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         distill_pb2_grpc.add_DistillServiceServicer_to_server(self, server)
 
     async def start(self) -> None:
+        if self._gate is not None:
+            await self._gate.start()  # outside the dev profile, no keys: the start stops here
         if self._store is None:
             self._store = await asyncio.to_thread(lambda: JobStore(self.settings.database_url).init())
         if self._app is None:
@@ -102,6 +112,8 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
             await asyncio.to_thread(self._app.close)
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
+        if self._keys is not None:
+            self._keys.dispose()
 
     async def _on_broker(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()

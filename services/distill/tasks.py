@@ -66,7 +66,21 @@ def register(app: DistillCelery) -> Any:
 
     for kind_name in jobs.KINDS:
         _register_kind(app, kind_name)
+    _register_maintenance(app)
     return run_job
+
+
+def _register_maintenance(app: DistillCelery) -> None:
+    """`escalon.distill.prune_route_log(retention_days=None)`: the route log's retention (maintenance.py)."""
+    from escalon.distill.maintenance import PRUNE_TASK, prune_route_log
+
+    @app.task(name=PRUNE_TASK, shared=False, acks_late=True, autoretry_for=runner.TRANSIENT_ERRORS,
+              retry_backoff=True, retry_jitter=True, max_retries=app.settings.max_retries)
+    def prune(retention_days: float | None = None) -> dict[str, Any]:
+        from escalon.config import load_settings
+        from escalon.db.settings import DatabaseSettings
+
+        return prune_route_log(load_settings(DatabaseSettings), retention_days)
 
 
 def _register_kind(app: DistillCelery, kind_name: str) -> None:

@@ -1,4 +1,10 @@
-"""`harvest`: build a distillation data set — deduplicated, split into train/val/test — from one of three sources.
+"""`harvest`: build a distillation data set — deduplicated, split into train/val/test — from one of four sources.
+
+  route log       `source: route_log`: the router's own route log in Escalon's database (ESCALON_DATABASE_URL,
+                  escalon.db), within `since`/`until` (30m, 7d or ISO; resolved to fixed times when the job is
+                  submitted), `task` and `tenant`. Only routes whose prompt was stored (the operator opted in,
+                  ESCALON_ROUTE_LOG_PROMPTS) can be items; the others are counted as dropped. Items are chosen
+                  and labelled as for a router log file, below.
 
   router log      `source: router_log`, `path`: JSON lines, one route each (the RouteResponse as
                   json_format.MessageToDict writes it, either key style, plus the request's `prompt` and
@@ -40,13 +46,18 @@ FORMAT = "escalon.dataset/v1"
 
 
 class HarvestParams(JobParams):
-    source: Literal["router_log", "benchmark", "synthetic:arith"] = Field(description="where the items come from")
+    source: Literal["route_log", "router_log", "benchmark", "synthetic:arith"] = Field(
+        description="where the items come from")
     path: str = Field(default="", description="router log (JSONL) or benchmark parquet; relative to the data dir")
     # router log
     cheap_rung: str = Field(default="", description="router log: only queries this rung failed (default: any)")
     min_confidence: float = Field(default=0.8, ge=0, le=1, description="router log: the costlier rung's confidence")
+    # route log (the database)
+    since: str = Field(default="", description="route log: routes from this time (30m, 7d, or ISO; UTC)")
+    until: str = Field(default="", description="route log: routes before this time")
+    tenant: str = Field(default="", description="route log: only this tenant's routes")
     # benchmark
-    task: str = Field(default="", description="benchmark: only this task (e.g. gsm8k)")
+    task: str = Field(default="", description="benchmark, route log: only this task (e.g. gsm8k)")
     answer_type: Literal["number", "choice", "yes-no", "free-text"] = Field(
         default="number", description="how final answers are parsed and compared (as the judges do)")
     # synthetic
@@ -60,7 +71,7 @@ class HarvestParams(JobParams):
 
     @model_validator(mode="after")
     def _path_needed(self) -> HarvestParams:
-        if self.source != "synthetic:arith" and not self.path:
+        if self.source not in ("synthetic:arith", "route_log") and not self.path:
             raise ValueError(f"source {self.source} needs path")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must stay below 1")
@@ -72,6 +83,13 @@ def prepare(params: HarvestParams, data_dir: Path) -> HarvestParams:
         path = resolve_benchmark(params.path, data_dir, ("prompt_id", "task", "split", "prompt", "model", "response",
                                                          "score"), field="params.path")
         return params.model_copy(update={"path": path})
+    if params.source == "route_log":
+        from escalon.db.routes import parse_when
+
+        # fixed times, so that a retried or resubmitted job reads the same window
+        return params.model_copy(update={
+            name: parse_when(getattr(params, name), field=f"params.{name}").isoformat()
+            for name in ("since", "until") if getattr(params, name)})
     if params.source == "router_log":
         path = input_file(params.path, data_dir, field="params.path", what="router log")
         return params.model_copy(update={"path": str(path)})
@@ -85,6 +103,8 @@ def run(params: HarvestParams, ctx: JobContext) -> dict[str, Any]:
         raw = arith.generate(params.n, seed=params.seed)
     elif params.source == "benchmark":
         raw = from_benchmark(params, dropped)
+    elif params.source == "route_log":
+        raw = from_route_log(params, dropped)
     else:
         raw = from_router_log(Path(params.path), params, dropped)
     ctx.report(0.5, f"{len(raw)} candidate items")
@@ -161,38 +181,74 @@ def from_router_log(path: Path, params: HarvestParams, dropped: Counter[str]) ->
             except json.JSONDecodeError:
                 dropped["unreadable line"] += 1
                 continue
-            prompt = route.get("prompt") or _get(route.get("request", {}) or {}, "prompt")
-            attempts = route.get("attempts") or []
-            if not prompt or not attempts:
-                dropped["no prompt or attempts"] += 1
+            item = _item_of(route, params, dropped, f"router_log:{path.name}:{n}")
+            if item is not None:
+                out.append(item)
+    return out
+
+
+def _item_of(route: dict[str, Any], params: HarvestParams, dropped: Counter[str],
+             source: str) -> dict[str, Any] | None:
+    """An item from one route (a cheap rung failed, a costlier one answered with confidence), or None (counted)."""
+    prompt = route.get("prompt") or _get(route.get("request", {}) or {}, "prompt")
+    attempts = route.get("attempts") or []
+    if not prompt or not attempts:
+        dropped["no prompt or attempts"] += 1
+        return None
+    failed_at = None
+    for k, a in enumerate(attempts):
+        answered = bool(a.get("answer")) or bool(_get(a, "samples"))
+        if params.cheap_rung and a.get("rung") != params.cheap_rung:
+            continue
+        if answered and not a.get("accepted"):
+            failed_at = k
+            break
+    if failed_at is None:
+        dropped["no cheap rung failed"] += 1
+        return None
+    teacher = next((a for a in attempts[failed_at + 1 :]
+                    if a.get("accepted") and float(a.get("confidence") or 0) >= params.min_confidence
+                    and _get(a, "parsed_answer")), None)
+    if teacher is None:
+        dropped["no costlier rung answered with enough confidence"] += 1
+        return None
+    answer_type = route.get("answer_type") or _get(route, "answer_type") or params.answer_type
+    if isinstance(answer_type, str) and answer_type.startswith("ANSWER_TYPE_"):
+        answer_type = answer_type.removeprefix("ANSWER_TYPE_").lower().replace("_", "-")
+    return {"prompt": prompt, "answer": str(_get(teacher, "parsed_answer")),
+            "answer_type": answer_type if answer_type in ("number", "choice", "yes-no", "free-text")
+            else params.answer_type,
+            "source": source,
+            "meta": {"failed_rung": attempts[failed_at].get("rung"), "label_rung": teacher.get("rung"),
+                     "label_confidence": teacher.get("confidence"),
+                     "label_answer": teacher.get("answer", "")[:4000]}}
+
+
+def from_route_log(params: HarvestParams, dropped: Counter[str]) -> list[dict[str, Any]]:
+    """Items from the route log in the database, oldest route first."""
+    import datetime as dt
+
+    from escalon.config import load_settings
+    from escalon.db.engine import ready_database
+    from escalon.db.routes import RouteFilter, iter_routes
+    from escalon.db.settings import DatabaseSettings
+
+    window = RouteFilter(since=dt.datetime.fromisoformat(params.since) if params.since else None,
+                         until=dt.datetime.fromisoformat(params.until) if params.until else None,
+                         task=params.task, tenant=params.tenant, status="OK")
+    engine = ready_database(load_settings(DatabaseSettings).database_url)
+    out = []
+    try:
+        for route in iter_routes(engine, window):
+            if route["prompt"] is None:
+                dropped["prompt not stored (ESCALON_ROUTE_LOG_PROMPTS off)"] += 1
                 continue
-            failed_at = None
-            for k, a in enumerate(attempts):
-                answered = bool(a.get("answer")) or bool(_get(a, "samples"))
-                if params.cheap_rung and a.get("rung") != params.cheap_rung:
-                    continue
-                if answered and not a.get("accepted"):
-                    failed_at = k
-                    break
-            if failed_at is None:
-                dropped["no cheap rung failed"] += 1
-                continue
-            teacher = next((a for a in attempts[failed_at + 1 :]
-                            if a.get("accepted") and float(a.get("confidence") or 0) >= params.min_confidence
-                            and _get(a, "parsed_answer")), None)
-            if teacher is None:
-                dropped["no costlier rung answered with enough confidence"] += 1
-                continue
-            answer_type = route.get("answer_type") or _get(route, "answer_type") or params.answer_type
-            if isinstance(answer_type, str) and answer_type.startswith("ANSWER_TYPE_"):
-                answer_type = answer_type.removeprefix("ANSWER_TYPE_").lower().replace("_", "-")
-            out.append({"prompt": prompt, "answer": str(_get(teacher, "parsed_answer")),
-                        "answer_type": answer_type if answer_type in ("number", "choice", "yes-no", "free-text")
-                        else params.answer_type,
-                        "source": f"router_log:{path.name}:{n}",
-                        "meta": {"failed_rung": attempts[failed_at].get("rung"), "label_rung": teacher.get("rung"),
-                                 "label_confidence": teacher.get("confidence"),
-                                 "label_answer": teacher.get("answer", "")[:4000]}})
+            item = _item_of(route, params, dropped, f"route_log:{route['id']}")
+            if item is not None:
+                item["meta"]["request_id"] = route["request_id"]
+                out.append(item)
+    finally:
+        engine.dispose()
     return out
 
 

@@ -69,6 +69,7 @@ class SpendLedger:
         self._unsynced: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])  # usd, routes
         self._reserved: dict[str, float] = defaultdict(float)
         self._task: asyncio.Task | None = None
+        self._sync_lock = asyncio.Lock()
         self.degraded = ""
 
     # ---- the request side
@@ -138,6 +139,12 @@ class SpendLedger:
             await self.sync()
 
     async def sync(self) -> None:
+        """Write this replica's new charges, read every replica's totals. One at a time: totals read by an
+        earlier sync must never overwrite a later one's (that would forget charges)."""
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         deltas = {k: (v[0], v[1]) for k, v in self._unsynced.items() if v[1]}
         for k in deltas:
             del self._unsynced[k]
