@@ -13,7 +13,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from escalon.cli import parse_params
 from escalon.cli.render import route_trace
-from escalon.offline.stack import DEMO_PROMPT, plan_stack, start_stack, stop_stack
+from escalon.offline.stack import DEMO_PROMPT, plan_stack, start_stack, stop_stack, supervise
 from escalon.config import load_settings
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
@@ -51,7 +51,10 @@ async def up(args: argparse.Namespace) -> int:
             await _demo(stack)
         if not args.exit_after_demo:
             print("\nServing until Ctrl-C. Try:  escalon ask \"What is 15% of 80?\" --answer-type number")
+            supervisor = asyncio.create_task(supervise(stack))  # restarts a child that exits, with backoff
             await stop.wait()
+            stack.stopping = True
+            supervisor.cancel()
         return 0
     except (RuntimeError, TimeoutError) as exc:
         print(f"escalon up: {exc}", file=sys.stderr)

@@ -5,6 +5,12 @@ gateway (OpenAI-compatible API and the operator's page). Each child
 is a real service (`python -m escalon.<service>`) on its configured port, logging to <data_dir>/logs/.
 Trace spans go to a small in-process OTLP receiver unless OTEL_EXPORTER_OTLP_ENDPOINT points elsewhere.
 Ctrl-C (or SIGTERM) stops the children in reverse order, each gracefully.
+
+No orphans: each child asks the kernel for SIGTERM when this process dies (ESCALON_PARENT_PID, read by
+escalon.main.follow_parent: prctl PR_SET_PDEATHSIG on Linux),
+so a killed `escalon up` takes its stack with it instead of leaving services on the ports. Once the stack
+is up, `supervise` restarts a child that exits, with exponential backoff (1 s doubling to 30 s, back to 1 s
+after a minute up), saying so on the console and in the child's log.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from escalon.config import ServiceSettings, load_settings
+from escalon.main import PARENT_PID_ENV
 from escalon.tracecollector import TraceCollector
 
 # A GSM8K test question from the shipped demo sample (demo/ATTRIBUTION.md): the recorded Mixtral answer is
@@ -40,6 +47,8 @@ class Child:
     http_ready: str | None = None  # an HTTP readiness URL to wait for instead (the gateway's /healthz)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    restarts: int = 0
+    started_at: float = 0.0  # time.monotonic() of the last spawn
 
 
 @dataclass
@@ -48,6 +57,7 @@ class Stack:
     env: dict[str, str]
     children: list[Child] = field(default_factory=list)
     collector: TraceCollector | None = None
+    stopping: bool = False
 
     @property
     def router_address(self) -> str:
@@ -78,6 +88,8 @@ def plan_stack(with_worker: bool = True, with_gateway: bool = True) -> Stack:
     env["ESCALON_GATEWAY_ROUTER_ADDRESS"] = f"127.0.0.1:{router.port}"
     env["ESCALON_GATEWAY_SERVING_ADDRESS"] = f"127.0.0.1:{serving.port}"
     env["ESCALON_GATEWAY_DISTILL_ADDRESS"] = f"127.0.0.1:{distill.port}"
+    # the router records every route in Escalon's database; the operator's page reads its figures from there
+    env.setdefault("ESCALON_GATEWAY_TRAFFIC_SOURCE", "route_log")
     python = sys.executable
     children = [
         Child("serving", [python, "-m", "escalon.serving"], f"127.0.0.1:{serving.port}"),
@@ -102,9 +114,7 @@ async def start_stack(stack: Stack, *, timeout_s: float = 900, echo=print, colle
         stack.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack.collector.endpoint
     for child in stack.children:
         child.log_path = logs / f"{child.name}.log"
-        log_file = child.log_path.open("ab")
-        child.process = subprocess.Popen(child.args, env=stack.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # Ctrl-C reaches us; we stop children in order
+        _spawn(stack, child)
         echo(f"  started {child.name:<8} pid {child.process.pid:<7} log {child.log_path}")
     started = time.monotonic()
     for child in stack.children:
@@ -112,6 +122,45 @@ async def start_stack(stack: Stack, *, timeout_s: float = 900, echo=print, colle
             await _wait_serving(child, deadline=started + timeout_s, echo=echo)
         elif child.http_ready:
             await _wait_http_ready(child, deadline=started + timeout_s, echo=echo)
+
+
+BACKOFF_S = (1.0, 30.0)  # first wait, longest wait
+STEADY_S = 60.0  # up this long: the next crash waits the first backoff again
+
+
+def _spawn(stack: Stack, child: Child) -> None:
+    # escalon.main.follow_parent: the child asks for SIGTERM when this process dies
+    env = {**stack.env, PARENT_PID_ENV: str(os.getpid())}
+    with child.log_path.open("ab") as log_file:  # the child holds its own descriptor
+        child.process = subprocess.Popen(
+            child.args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)  # Ctrl-C reaches us; we stop children in order
+    child.started_at = time.monotonic()
+
+
+async def supervise(stack: Stack, *, echo=print, interval_s: float = 0.5) -> None:
+    """Restart children that exit while the stack is up, with backoff, until stop_stack begins."""
+    waits: dict[str, float] = {}
+    while not stack.stopping:
+        for child in stack.children:
+            if stack.stopping or child.process is None or child.process.poll() is None:
+                continue
+            code = child.process.returncode
+            up_for = time.monotonic() - child.started_at
+            wait = BACKOFF_S[0] if up_for >= STEADY_S else min(waits.get(child.name, BACKOFF_S[0] / 2) * 2, BACKOFF_S[1])
+            waits[child.name] = wait
+            note = (f"escalon up: {child.name} (pid {child.process.pid}) exited with code {code} after {up_for:.0f}s; "
+                    f"restarting in {wait:.0f}s (restart {child.restarts + 1})")
+            echo(f"  {note}")
+            with contextlib.suppress(OSError), child.log_path.open("a") as fh:
+                fh.write(f"\n{note}\n")
+            await asyncio.sleep(wait)
+            if stack.stopping:
+                return
+            child.restarts += 1
+            _spawn(stack, child)
+            echo(f"  restarted {child.name:<8} pid {child.process.pid}")
+        await asyncio.sleep(interval_s)
 
 
 def _exited(child: Child) -> RuntimeError:
@@ -151,6 +200,7 @@ async def _wait_serving(child: Child, *, deadline: float, echo) -> None:
 
 async def stop_stack(stack: Stack, grace_s: float = 30) -> None:
     """SIGTERM in reverse start order (router before its dependencies), then SIGKILL what outlives the grace."""
+    stack.stopping = True  # supervise() restarts nothing from here on
     for child in reversed(stack.children):
         if child.process and child.process.poll() is None:
             child.process.send_signal(signal.SIGTERM)

@@ -251,9 +251,18 @@ class RouterService:
                 log.warning("NOT_SERVING: %s", "; ".join(problems))
             elif not problems and not healthy:
                 log.info("SERVING again: serving and the judge answer")
+                self._close_circuits()
             if bool(problems) == healthy:
                 healthy = not problems
                 await set_serving(healthy)
+
+    def _close_circuits(self) -> None:
+        """Circuits that opened while serving or the judge was away blamed the rungs for an outage of the hop:
+        with both back, every rung may be tried again (a rung that still fails opens its circuit again)."""
+        breakers = getattr(self.router.cascade, "breakers", None) if self.router else None
+        if breakers is not None:
+            for rung in self.router.catalogue.rungs:
+                breakers.success(rung)
 
     async def close(self) -> None:
         for channel in self._channels:

@@ -135,6 +135,10 @@ class RayTiers:
                     num_cpus=self.settings.ray_num_cpus,
                     _temp_dir=str(session_dir.resolve()),
                     include_dashboard=False,  # ~1 s and ~100 MB we do not need; the Serve API gives status
+                    # a private Ray: its node advertises loopback and its dashboard agent binds there. (Ray's core
+                    # gRPC servers still listen on every interface; Ray's token auth guards them, and in the
+                    # chart the pod's NetworkPolicy. docs/operations.md)
+                    _node_ip_address="127.0.0.1",
                     namespace="escalon",
                 )
                 self._started_ray = True

@@ -45,6 +45,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
+    # A restarted dependency is found again within seconds (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 # grpcio turns SO_REUSEPORT on by default: a second stack on the same ports would then listen beside the
 # first and the kernel would split clients between them. Off, the second bind fails.

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,6 +28,9 @@ from escalon.grpc import Service, serve
 
 CONFIG_ERROR = 2
 START_FAILED = 1
+#: set by a supervisor (`escalon up`) to its pid: the service then gets SIGTERM when that process dies
+PARENT_PID_ENV = "ESCALON_PARENT_PID"
+PR_SET_PDEATHSIG = 1
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -43,6 +51,7 @@ def main(name: str, settings_cls: type[S], start: Callable[[S, argparse.Namespac
     if arguments is not None:
         arguments(parser)
     args = parser.parse_args(argv)
+    follow_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(settings_cls, **({"port": args.port} if args.port is not None else {}))
@@ -54,6 +63,21 @@ def main(name: str, settings_cls: type[S], start: Callable[[S, argparse.Namespac
         print(f"{name}: {exc}", file=sys.stderr)
         return START_FAILED
     return 0
+
+
+def follow_parent() -> None:
+    """Under a supervisor that set ESCALON_PARENT_PID: ask Linux for SIGTERM when it dies (PR_SET_PDEATHSIG),
+    so a killed `escalon up` leaves no service behind on its ports; exit at once if it is already gone. Done
+    here, in the child, rather than in a preexec_fn: forking a process that runs gRPC threads must not run
+    Python between fork and exec."""
+    parent = os.environ.pop(PARENT_PID_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):  # the supervisor died before the request took effect
+        sys.exit(START_FAILED)
 
 
 def run_service(name: str, settings_cls: type[S], factory: Callable[[S], Service], argv: list[str] | None = None,
