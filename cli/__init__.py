@@ -177,5 +177,17 @@ def parse_params(pairs: list[str]) -> dict:
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
-            params[key] = value
+            params[key] = _local_path(value)
     return params
+
+
+def _local_path(value: str) -> str:
+    """A relative path that names a file or folder here (`shared/escalon/demo/gsm8k-sample.parquet` in a
+    checkout) is sent absolute: the service reads relative paths against its data dir, not this shell's
+    folder. Anything else goes as typed."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if value and not path.is_absolute() and path.exists():
+        return str(path.resolve())
+    return value

@@ -221,6 +221,15 @@ def test_a_second_server_on_a_taken_port_refuses_naming_the_holder(stack):
     assert stack.health("judge") == "SERVING"
 
 
+def test_no_prompt_text_in_any_service_log(stack):
+    """Every test above routed the demo question hundreds of times through real processes."""
+    logs = {p.name: p.read_text(errors="replace") for p in (stack.data_dir / "logs").glob("*.log")}
+    assert {"router.log", "serving.log", "judge.log", "gateway.log"} <= set(logs)
+    leaked = [name for name, text in logs.items() if "chocolate bars" in text or "Lisa and Peter" in text]
+    FIGURES["prompt text in logs"] = {"log files": len(logs), "bytes": sum(map(len, logs.values())), "leaked": leaked}
+    assert not leaked
+
+
 def test_killing_escalon_up_takes_every_child_with_it(stack):
     children = psutil.Process(stack.process.pid).children(recursive=True)
     assert len(children) >= 6
