@@ -48,7 +48,7 @@ from escalon.gateway.chat import (
     stream_chunks,
 )
 from escalon.gateway.errors import APIError, ErrorResponse, from_grpc, param_of_loc
-from escalon.gateway.limits import Guard
+from escalon.gateway.limits import Guard, caller_key
 from escalon.gateway.settings import GatewaySettings
 from escalon.gateway.traffic import TrafficWindow, record_of
 from escalon.gateway.upstream import Upstreams
@@ -74,6 +74,7 @@ class Gateway:
     upstreams: Upstreams
     guard: Guard
     traffic: TrafficWindow
+    route_log: Any = None  # escalon.db.engine.LazyDatabase when the page reads the route log
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -91,14 +92,23 @@ def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = Upstreams(settings)
+        route_log = None
+        if settings.traffic_source == "route_log":
+            from escalon.config import load_settings
+            from escalon.db.engine import LazyDatabase
+            from escalon.db.settings import DatabaseSettings
+
+            route_log = LazyDatabase(load_settings(DatabaseSettings).database_url)
         app.state.gateway = Gateway(settings, upstreams, Guard(settings),
-                                    TrafficWindow(settings.traffic_window_s, settings.traffic_max_routes))
+                                    TrafficWindow(settings.traffic_window_s, settings.traffic_max_routes), route_log)
         endpoint = serve_metrics(settings.metrics_port, settings.host, setting="ESCALON_GATEWAY_METRICS_PORT")
         app.state.metrics_port = endpoint.port if endpoint else None
         try:
             yield
         finally:
             await upstreams.close()
+            if route_log is not None:
+                route_log.dispose()
             if endpoint is not None:
                 endpoint.close()
             if telemetry is not None:
@@ -173,9 +183,10 @@ def _add_api_routes(app: FastAPI) -> None:
         timeout = gw.settings.request_timeout_s
         try:
             if body.stream:
-                response = await _until_disconnected(request, _route_streamed(gw, route, timeout))
+                response = await _until_disconnected(request, _route_streamed(gw, route, timeout, caller_key(request)))
             else:
-                response = await _until_disconnected(request, gw.upstreams.router.Route(route, timeout=timeout))
+                response = await _until_disconnected(request, gw.upstreams.router.Route(
+                    route, timeout=timeout, metadata=caller_key(request)))
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         gw.traffic.add(record_of(operating_label(body), response))
@@ -226,11 +237,13 @@ async def _models(gw: Gateway) -> list[ModelCard]:
     return cards
 
 
-async def _route_streamed(gw: Gateway, route: router_pb2.RouteRequest, timeout: float) -> router_pb2.RouteResponse:
+async def _route_streamed(gw: Gateway, route: router_pb2.RouteRequest, timeout: float,
+                          metadata: tuple[tuple[str, str], ...] | None = None) -> router_pb2.RouteResponse:
     """Read RouteStream to its result. Token chunks are dropped (they may belong to an answer the judges
     reject); decision events are logged."""
     result = None
-    async for item in gw.upstreams.router.RouteStream(router_pb2.RouteStreamRequest(request=route), timeout=timeout):
+    async for item in gw.upstreams.router.RouteStream(router_pb2.RouteStreamRequest(request=route), timeout=timeout,
+                                                      metadata=metadata):
         kind = item.WhichOneof("payload")
         if kind == "result":
             result = item.result

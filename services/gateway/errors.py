@@ -3,12 +3,14 @@ OpenAI SDK maps to its exception classes (400 BadRequestError, 401 Authenticatio
 PermissionDeniedError, 404 NotFoundError, 429 RateLimitError, >= 500 InternalServerError).
 
 gRPC statuses from the Router API are mapped here, once: INVALID_ARGUMENT 400 (param = the field the
-details name before the ':'), RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, NOT_FOUND 404, DEADLINE_EXCEEDED 504,
+details name before the ':'), RESOURCE_EXHAUSTED 429 (a key's rate limit with Retry-After; a budget with
+x-should-retry: false), UNAUTHENTICATED 401, PERMISSION_DENIED 403, UNAVAILABLE 503, NOT_FOUND 404, DEADLINE_EXCEEDED 504,
 anything else 500.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -28,6 +30,7 @@ _PARAM_OF_FIELD = {
     "answer_type": "answer_type",
 }
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*$")
+_RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?)s")
 _RUNG_PREFIX = re.compile(r"^rung [a-z0-9][a-z0-9.\-]*$")
 
 
@@ -71,9 +74,18 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str = "router") -> APIError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return invalid(details, param_of(details))
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # A budget the cheapest rung cannot meet does not pass by retrying: tell the SDK not to.
+        retry = _RETRY_IN.search(details)
+        if details.startswith("rate_limit: ") and retry:  # a key's rate limit (escalon.auth): it passes
+            return APIError(429, details, type="requests", code="rate_limit_exceeded",
+                            headers={"retry-after": str(max(1, math.ceil(float(retry.group(1)))))})
+        # A budget the cheapest rung cannot meet, or a key's budget used up, does not pass by retrying now.
         return APIError(429, details, type="insufficient_quota", param=param_of(details), code="budget_exceeded",
                         headers={"x-should-retry": "false"})
+    if code == grpc.StatusCode.UNAUTHENTICATED:  # the key the caller sent, checked by the router (escalon.auth)
+        return APIError(401, details, type="invalid_request_error", code="invalid_api_key",
+                        headers={"www-authenticate": "Bearer"})
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return APIError(403, details, type="invalid_request_error", param=param_of(details), code="permission_denied")
     if code == grpc.StatusCode.UNAVAILABLE:
         # The router's own verdict names rungs ("no rung could answer (...)"); anything else is the transport.
         if "rung" in details:

@@ -2,6 +2,8 @@
 
 Keys: with ESCALON_GATEWAY_API_KEYS set, every /v1 and /ops/api call needs `Authorization: Bearer <key>`;
 no key (or an empty one) is 401, a key that is not one of them is 403. Keys are compared in constant time.
+The caller's Authorization header is passed on to the Router and Distill APIs (`caller_key`), which check
+keys from Escalon's database (`escalon keys`); with those, leave ESCALON_GATEWAY_API_KEYS unset.
 Rate: each key (each client address when there are no keys) has a bucket of `burst` tokens refilled at
 `rps` per second; a call takes one token or is refused with 429 and a Retry-After. Buckets live in this
 process (one gateway replica); the number of buckets is bounded, the least recently used go first.
@@ -96,3 +98,10 @@ class Guard:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def caller_key(request: Request) -> tuple[tuple[str, str], ...] | None:
+    """The caller's `Authorization` header as gRPC metadata, passed through so that the Router API (and the
+    Distill API) check the caller's own key (escalon.auth): no client can go around them through the gateway."""
+    value = request.headers.get("authorization", "").strip()
+    return (("authorization", value),) if value else None

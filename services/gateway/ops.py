@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from escalon.errors import ConfigError
 from escalon.gateway.errors import ErrorResponse
+from escalon.gateway.limits import caller_key
 from escalon.gateway.traffic import frontier_from_report
 from escalon.gen.distill.v1 import distill_pb2
 from escalon.gen.serving.v1 import serving_pb2
@@ -171,7 +172,8 @@ async def jobs(request: Request) -> JobsReply:
     source = f"Distill at {gw.settings.distill_address}"
     try:
         reply = await gw.upstreams.distill.ListJobs(distill_pb2.ListJobsRequest(page_size=20),
-                                                    timeout=gw.settings.upstream_timeout_s)
+                                                    timeout=gw.settings.upstream_timeout_s,
+                                                    metadata=caller_key(request))
     except grpc.aio.AioRpcError as exc:
         return JobsReply(source=source, error=_failure(exc), jobs=[])
     return JobsReply(source=source, error=None, jobs=[_job(j) for j in reply.jobs])
@@ -194,7 +196,23 @@ def _when(job: distill_pb2.Job, name: str) -> str | None:
 @router.get("/ops/api/traffic", response_model=TrafficReply, tags=["ops"], responses=_AUTH,
             summary="Traffic share, escalation rate, judge confidence and spend over this gateway's window")
 async def traffic(request: Request) -> dict[str, Any]:
-    return _gateway(request).traffic.summary()
+    gw = _gateway(request)
+    if gw.route_log is None:
+        return gw.traffic.summary()
+    import asyncio
+
+    from escalon.gateway.traffic import window_from_route_log
+
+    try:
+        window = await asyncio.to_thread(window_from_route_log, gw.route_log(), gw.settings.traffic_window_s,
+                                         gw.settings.traffic_max_routes)
+    except Exception as exc:  # noqa: BLE001 - the page says the database is away and shows this process's window
+        summary = gw.traffic.summary()
+        summary["scope"] = f"route log unreadable ({type(exc).__name__}); {summary['scope']}"
+        return summary
+    summary = window.summary()
+    summary["scope"] = "every replica's routes, from the route log in the database (ESCALON_DATABASE_URL)"
+    return summary
 
 
 @router.get("/ops/api/frontier", response_model=FrontierReply, tags=["ops"], responses=_AUTH,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -63,6 +63,11 @@ class GatewaySettings(ServiceSettings):
                                     description="how far back the page's traffic figures reach")
     traffic_max_routes: int = Field(default=10_000, ge=1, le=1_000_000,
                                     description="routes the in-memory traffic window keeps at most")
+    traffic_source: Literal["memory", "route_log"] = Field(
+        default="memory",
+        description="where the page's traffic figures come from: memory (this process's window) or route_log "
+                    "(the router's route log in ESCALON_DATABASE_URL: every replica's routes, kept across restarts)",
+    )
     frontier_report: Path | None = Field(
         default=None,
         description="eval report JSON for the frontier plot ({points: [{name, cost_usd, quality}]} or an "

@@ -1,6 +1,8 @@
 """The operator's page's traffic figures: the routes that passed through this gateway, in a bounded window.
 
-Each answered route is kept as a small record (no prompt, no answer) for `window_s` seconds, at most
+With ESCALON_GATEWAY_TRAFFIC_SOURCE=route_log the same figures come from the router's route log in the
+database instead (`window_from_route_log`): every replica's routes, kept across restarts. Otherwise:
+each answered route is kept as a small record (no prompt, no answer) for `window_s` seconds, at most
 `max_routes` of them (the oldest go first), in this process's memory: a restart empties it, and each
 gateway replica sees only its own traffic. From them: per rung the share of answers, how often a try
 escalated past it, its judges' confidence distribution and its spend; overall the spend per minute and
@@ -204,3 +206,35 @@ def _first(item: dict[str, Any], *keys: str) -> Any:
         if isinstance(value, (int, float)) and math.isfinite(value):
             return value
     return None
+
+
+_HTTP_OF_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+                   "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+
+
+def window_from_route_log(engine: Any, window_s: float, max_routes: int, *, clock=time.time) -> TrafficWindow:
+    """The same window, filled from the route log (escalon.db): every replica's routes, surviving restarts."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from escalon.db.models import Route
+
+    window = TrafficWindow(window_s, max_routes, clock=clock)
+    since = dt.datetime.fromtimestamp(clock() - window_s, dt.UTC)
+    columns = (Route.created_at, Route.status, Route.rung, Route.confidence, Route.total_cost_usd, Route.attempts,
+               Route.operating_point, Route.knob)
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(*columns).where(Route.created_at >= since)
+                                 .order_by(Route.created_at.desc()).limit(max_routes)))
+    for r in reversed(rows):
+        at = r.created_at.timestamp()
+        if r.status != "OK":
+            window._errors.append((at, _HTTP_OF_STATUS.get(r.status, 500)))
+            continue
+        pin = (r.knob or {}).get("pin_rung") or ""
+        model = pin or (f"escalon/{r.operating_point}" if r.operating_point else "escalon/auto")
+        window.add(RouteRecord(at, model, r.rung or "", r.confidence or 0.0, r.total_cost_usd, tuple(
+            AttemptRecord(a["rung"], bool(a.get("samples")), bool(a.get("accepted")), float(a.get("confidence") or 0),
+                          float(a.get("cost_usd") or 0)) for a in r.attempts)))
+    return window
