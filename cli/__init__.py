@@ -1,7 +1,7 @@
 """The `escalon` command: start the stack, ask questions, list rungs, run jobs.
 
 Every command talks to the real services over gRPC, at the addresses the services themselves use
-(ESCALON_*_PORT), or at --address.
+(ESCALON_*_PORT), or at --address; with ESCALON_API_KEY set, `ask` and `jobs` send that key.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from google.protobuf.struct_pb2 import Struct
 from escalon.cli import parse_params
 from escalon.cli.render import route_trace
 from escalon.offline.stack import DEMO_PROMPT, plan_stack, start_stack, stop_stack, supervise
+from escalon.auth import key_interceptors
 from escalon.config import load_settings
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
@@ -67,7 +68,7 @@ async def up(args: argparse.Namespace) -> int:
 
 async def _demo(stack) -> None:
     print(f"\nDemo question (GSM8K):\n  {DEMO_PROMPT}\n")
-    async with grpc.aio.insecure_channel(stack.router_address) as channel:
+    async with grpc.aio.insecure_channel(stack.router_address, interceptors=key_interceptors()) as channel:
         response = await router_pb2_grpc.RouterServiceStub(channel).Route(
             router_pb2.RouteRequest(prompt=DEMO_PROMPT, answer_type=AnswerType.ANSWER_TYPE_NUMBER), timeout=600)
     print(route_trace(response))
@@ -86,7 +87,7 @@ async def ask(args: argparse.Namespace) -> int:
     if args.answer_type:
         request.answer_type = ANSWER_TYPES[args.answer_type]
     address = _address(args.address, "escalon.router.settings.RouterSettings")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, interceptors=key_interceptors()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         if args.stream:
             response = None
@@ -107,7 +108,7 @@ async def ask(args: argparse.Namespace) -> int:
 
 async def models(args: argparse.Namespace) -> int:
     address = _address(args.address, "escalon.serving.settings.ServingSettings")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, interceptors=key_interceptors()) as channel:
         reply = await serving_pb2_grpc.ModelServingServiceStub(channel).ListModels(serving_pb2.ListModelsRequest(),
                                                                                     timeout=30)
     print(f"{'rung':<16} {'family':<10} {'backend':<11} {'$in/1M':>8} {'$out/1M':>8} {'context':>8}  health")
@@ -120,7 +121,7 @@ async def models(args: argparse.Namespace) -> int:
 
 async def jobs(args: argparse.Namespace) -> int:
     address = _address(args.address, "escalon.distill.settings.DistillSettings")
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, interceptors=key_interceptors()) as channel:
         stub = distill_pb2_grpc.DistillServiceStub(channel)
         action = args.jobs_command
         if action == "submit":

@@ -198,3 +198,33 @@ class KeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 Check = Callable[[Any, str], Awaitable[KeyRecord | None]]
+
+
+def _with_key(details, key: str):  # noqa: ANN001, ANN202
+    metadata = [(k, v) for k, v in (details.metadata or ()) if k.lower() != "authorization"]
+    metadata.append(("authorization", f"Bearer {key}"))
+    return details._replace(metadata=tuple(metadata))
+
+
+class _KeyUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return await continuation(_with_key(client_call_details, self.key), request)
+
+
+class _KeyStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return await continuation(_with_key(client_call_details, self.key), request)
+
+
+def key_interceptors(key: str | None = None) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send `key` (ESCALON_API_KEY when not given) on every call; none without one."""
+    import os
+
+    key = (key if key is not None else os.environ.get("ESCALON_API_KEY", "")).strip()
+    return [_KeyUnary(key), _KeyStream(key)] if key else []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from escalon.auth import key_interceptors
 from escalon.db.engine import ready_database
 from escalon.db.keys import create_key, revoke_key
 from escalon.db.settings import DatabaseSettings
@@ -72,6 +73,9 @@ async def test_keys_decide_who_may_route_and_with_what(tmp_path, database_url):
             err = await _refused(_route(stub, limited))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit of 2 per 1 minute" in err.details()
             assert "retry in" in err.details()
+        # what `escalon ask` / `escalon jobs` send with ESCALON_API_KEY set (escalon.auth.key_interceptors)
+        async with grpc.aio.insecure_channel(router.address, interceptors=key_interceptors(plain)) as channel:
+            assert (await _route(router_pb2_grpc.RouterServiceStub(channel))).rung == "gpt-4"
     engine.dispose()
 
 
