@@ -12,8 +12,10 @@ layers active on this machine and the judge reports them):
    root) has no interface but a down loopback, so every connect fails. Where namespaces are not allowed
    (most unprivileged containers), layer 3 still refuses sockets.
 3. An audit hook (PEP 578), installed before the candidate runs and impossible to remove from Python,
-   refuses socket creation and connection, name lookups, subprocesses, exec/spawn/fork, ctypes' dlopen,
-   and file writes outside the run's own temporary folder.
+   refuses socket creation and connection, name lookups, subprocesses, exec/spawn/fork (and importing
+   _posixsubprocess, whose fork_exec raises no event), ctypes' dlopen, and file writes, removals, renames,
+   links, mkdir and chmod outside the run's own temporary folder (paths resolved, so a symlink in the folder
+   that points out counts as out).
 4. Isolation: `python -I -S` (no user site, no site-packages, no PYTHON* variables, script folder not on
    sys.path), an empty environment, stdin closed, the working folder a fresh temporary folder removed
    afterwards, and, when the judge runs as root, the child drops to uid/gid 65534 (nobody) via setpriv.
@@ -56,14 +58,41 @@ _BLOCKED = ("socket.__new__", "socket.connect", "socket.bind", "socket.sendto", 
             "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "ctypes.dlopen", "os.kill", "os.killpg",
             "pty.spawn", "os.startfile", "sys.remote_exec")
 
-def _hook(event, args, _blocked=_BLOCKED, _home=_HOME):
+# Events that change the file system at a path: every path they name must resolve inside the run's folder.
+_CHANGES = ("os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.symlink", "os.link", "os.chmod", "os.chown",
+            "os.truncate", "os.utime", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod", "shutil.rmtree",
+            "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move", "shutil.chown", "os.setxattr",
+            "os.removexattr")
+# Modules that reach the kernel past the hooks above (_posixsubprocess.fork_exec raises no audit event).
+_NO_IMPORT = ("_posixsubprocess",)
+_realpath, _fspath = os.path.realpath, os.fspath
+
+def _inside(path, _home=_HOME):
+    if isinstance(path, int):  # a file descriptor: it was opened under the rules already
+        return True
+    try:
+        path = _fspath(path)
+    except TypeError:
+        return True  # not a path (a mode, flags, dir_fd None)
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "surrogateescape")
+    resolved = _realpath(path)  # follows symlinks: a link in the folder to the outside is the outside
+    return resolved == _home or resolved.startswith(_home + "/")
+
+def _hook(event, args, _blocked=_BLOCKED, _changes=_CHANGES):
     if event in _blocked:
         raise PermissionError(f"sandbox: {{event}} is not allowed")
-    if event == "open" and len(args) > 1 and isinstance(args[0], str):
+    if event == "open" and len(args) > 1 and isinstance(args[0], (str, bytes)):
         mode, flags = args[1], (args[2] if len(args) > 2 else 0)
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & 3)
-        if writing and not os.path.abspath(args[0]).startswith(_home):
-            raise PermissionError(f"sandbox: writing {{args[0]}} is not allowed")
+        if writing and not _inside(args[0]):
+            raise PermissionError(f"sandbox: writing {{args[0]!r}} is not allowed")
+    elif event in _changes:
+        for arg in args:
+            if isinstance(arg, (str, bytes)) and not _inside(arg):
+                raise PermissionError(f"sandbox: {{event}} outside its folder is not allowed")
+    elif event == "import" and args and args[0] in _NO_IMPORT:
+        raise PermissionError(f"sandbox: importing {{args[0]}} is not allowed")
 
 sys.addaudithook(_hook)
 del _hook, resource
@@ -172,7 +201,7 @@ class Sandbox:
         folder = Path(tempfile.mkdtemp(prefix="escalon-sandbox-"))
         lim = self.limits
         bootstrap = _BOOTSTRAP.format(mem=lim.memory_mb * 2**20, cpu=lim.cpu_s, fsize=lim.output_kb * 1024,
-                                      nofile=lim.open_files, nproc=lim.processes, home=str(folder))
+                                      nofile=lim.open_files, nproc=lim.processes, home=str(folder.resolve()))
         (folder / "candidate.py").write_text(source)
         (folder / "bootstrap.py").write_text(bootstrap)
         if self._privilege_prefix:

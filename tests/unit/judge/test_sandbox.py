@@ -96,3 +96,37 @@ def test_the_panel_compares_code_by_execution():
                   Candidate("def add(a, b):\n    return a * b")]
     verdict = judge_answers(MBPP, candidates, answer_type=CODE, judges=("agreement",))
     assert verdict.scores[0].score == pytest.approx(2 / 3) and verdict.answer == 'exec:["pass", "pass"]'
+
+
+def test_hostile_programs_are_held(sandbox, tmp_path):
+    """Each attack of issue 19 on its own: processes, threads, the file system outside the run's folder (also
+    through a symlink), the parent, the parent's secrets, the network. `outside` is world-writable, so only
+    the sandbox (not the file permissions of uid nobody) stands between the candidate and it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    outside.chmod(0o777)
+    (outside / "keep").chmod(0o666)
+    keep, out = str(outside / "keep"), str(outside)
+    attacks = {
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+        "multiprocessing": "import multiprocessing as m\nfor _ in range(200):\n    m.Process(target=print).start()",
+        "raw fork_exec": "import _posixsubprocess",
+        "thread bomb": "import threading, time\nfor _ in range(100000):\n    threading.Thread(target=time.sleep, args=(9,)).start()",
+        "remove": f"import os\nos.remove({keep!r})",
+        "rename": f"import os\nos.rename({keep!r}, {keep!r} + '2')",
+        "mkdir": f"import os\nos.mkdir({out!r} + '/d')",
+        "chmod": f"import os\nos.chmod({keep!r}, 0o600)",
+        "os.open": f"import os\nos.write(os.open({out!r} + '/w', os.O_WRONLY | os.O_CREAT), b'x')",
+        "symlink out": f"import os\nos.symlink({out!r}, 'link')\nopen('link/w', 'w').write('x')",
+        "kill the judge": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        "parent's environment": "import os\nprint(open(f'/proc/{os.getppid()}/environ').read())",
+        "name lookup": "import socket\nsocket.getaddrinfo('example.com', 80)",
+        "raw socket": "import _socket\n_socket.socket().connect(('127.0.0.1', 22))",
+    }
+    results = dict(zip(attacks, sandbox.run_many(list(attacks.values())), strict=True))
+    held = {name: r.status for name, r in results.items() if not r.ok}
+    assert held.keys() == attacks.keys(), {n: r.stdout[:80] for n, r in results.items() if r.ok}
+    assert sorted(p.name for p in outside.iterdir()) == ["keep"] and (outside / "keep").read_text() == "x"
+    assert "PermissionError" in results["symlink out"].stderr
+    assert held["fork bomb"] == "error" and held["thread bomb"] in ("error", "timeout")
