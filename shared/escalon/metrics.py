@@ -9,7 +9,8 @@ Escalon's own metrics are namespaced `escalon_` and label a rung `escalon_rung`,
 (escalon.telemetry.ATTR_RUNG).
 
 One registry per process (`metrics()`), built on first use and never at import; each service serves it on
-ESCALON_<SERVICE>_METRICS_PORT (unset = no endpoint, 0 = a free port, as tests use). Processes that run
+ESCALON_<SERVICE>_METRICS_PORT (unset = no endpoint, 0 = a free port, as tests use). ESCALON_METRICS=off
+makes every instrument a no-op (what `python -m escalon.offline.bench.operability` compares against). Processes that run
 several services (tests, `escalon up` is not one) share the registry, so any of their endpoints shows all.
 
 What each service adds:
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -150,13 +152,38 @@ _lock = threading.Lock()
 _metrics: Metrics | None = None
 
 
+class _Null:
+    """An instrument that records nothing: what every instrument is with ESCALON_METRICS=off."""
+
+    def labels(self, *_: object, **__: object) -> _Null:
+        return self
+
+    def inc(self, *_: object) -> None: ...
+    def dec(self, *_: object) -> None: ...
+    def set(self, *_: object) -> None: ...
+    def observe(self, *_: object) -> None: ...
+
+
+class NullMetrics(Metrics):
+    """Metrics switched off (ESCALON_METRICS=off): the same attributes, each recording nothing; the endpoint,
+    where one is configured, serves an empty registry. For measuring what the metrics cost, or opting out."""
+
+    def __init__(self) -> None:  # noqa: D107 - no instruments on purpose
+        self.registry = CollectorRegistry()
+        self._collectors = {}
+
+    def __getattr__(self, name: str) -> _Null:
+        return _Null()
+
+
 def metrics() -> Metrics:
-    """This process's instruments (built on first use)."""
+    """This process's instruments (built on first use; ESCALON_METRICS=off makes them record nothing)."""
     global _metrics
     if _metrics is None:
         with _lock:
             if _metrics is None:
-                _metrics = Metrics()
+                off = os.environ.get("ESCALON_METRICS", "").strip().lower() in ("off", "0", "false", "none")
+                _metrics = NullMetrics() if off else Metrics()
     return _metrics
 
 

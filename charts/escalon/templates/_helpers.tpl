@@ -111,7 +111,9 @@ family: {{ $t.family | quote }}
 backend: {{ $t.backend }}
 model: {{ $t.model | quote }}
 prompt_format: {{ $t.promptFormat | default "chat" }}
-price: {input_per_1m: {{ $t.price.inputPer1M }}, output_per_1m: {{ $t.price.outputPer1M }}}
+{{- with $t.price }}
+price: {input_per_1m: {{ .inputPer1M }}, output_per_1m: {{ .outputPer1M }}}
+{{- end }}
 context_limit: {{ int $t.contextLimit }}
 {{- with $t.baseUrl }}
 base_url: {{ . | quote }}
@@ -127,6 +129,26 @@ max_tokens: {{ int . }}
 {{- end }}
 {{- with $t.timeoutSeconds }}
 timeout_s: {{ . }}
+{{- end }}
+{{- with $t.connectTimeoutSeconds }}
+connect_timeout_s: {{ . }}
+{{- end }}
+{{- with $t.firstTokenTimeoutSeconds }}
+first_token_timeout_s: {{ . }}
+{{- end }}
+{{- with $t.retries }}
+{{- $r := dict }}
+{{- range $key, $field := dict "attempts" "attempts" "initialBackoffSeconds" "initial_backoff_s" "maxBackoffSeconds" "max_backoff_s" "maxRetryAfterSeconds" "max_retry_after_s" }}
+{{- if hasKey $.tier.retries $key }}{{- $_ := set $r $field (index $.tier.retries $key) }}{{- end }}
+{{- end }}
+retries: {{ toJson $r }}
+{{- end }}
+{{- with $t.circuit }}
+{{- $c := dict }}
+{{- range $key, $field := dict "failures" "failures" "cooldownSeconds" "cooldown_s" "maxCooldownSeconds" "max_cooldown_s" }}
+{{- if hasKey $.tier.circuit $key }}{{- $_ := set $c $field (index $.tier.circuit $key) }}{{- end }}
+{{- end }}
+circuit: {{ toJson $c }}
 {{- end }}
 {{- if has $t.backend (list "local-gguf" "hf") }}
 autoscaling: {min_replicas: {{ int $t.autoscaling.minReplicas }}, max_replicas: {{ int $t.autoscaling.maxReplicas }}, target_ongoing_requests: {{ $t.autoscaling.targetOngoingRequests }}}

@@ -25,6 +25,9 @@ Included once, from configmap.yaml, which every release renders.
 {{- end -}}
 {{- range $name, $t := $tiers -}}
 {{- $local := has $t.backend (list "local-gguf" "hf") -}}
+{{- if and $local (not $t.price) -}}
+{{- fail (printf "tiers.%s: a %s tier needs price (inputPer1M, outputPer1M); only remote tiers of known provider models take the price map's" $name $t.backend) -}}
+{{- end -}}
 {{- if $local -}}
 {{- $a := required (printf "tiers.%s.autoscaling is required for a %s tier" $name $t.backend) $t.autoscaling -}}
 {{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}

@@ -136,3 +136,27 @@ def test_in_flight_autoscaling_needs_metrics(chart: ChartRenderer):
     with pytest.raises(Exception, match="router.autoscaling.inFlight needs metrics.enabled"):
         chart.render({"metrics": {"enabled": False},
                       "router": {"autoscaling": {"inFlight": {"enabled": True, "targetPerPod": 4}}}})
+
+
+def test_a_tiers_resilience_settings_and_the_price_map_reach_the_catalogue(chart: ChartRenderer, tmp_path):
+    import yaml
+
+    from escalon.registry import load_catalogue
+
+    remote = {"family": "openai", "backend": "openai", "model": "gpt-4o-mini", "baseUrl": "https://api.openai.com/v1",
+              "contextLimit": 128000, "connectTimeoutSeconds": 3, "firstTokenTimeoutSeconds": 20,
+              "retries": {"attempts": 4, "maxRetryAfterSeconds": 10}, "circuit": {"failures": 5, "cooldownSeconds": 60}}
+    rendered = chart.render({"tiers": {"gpt-4o-mini": remote}})
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(rendered.get("ConfigMap", "escalon-catalogue")["data"]["catalogue.yaml"])
+    rung = load_catalogue(path).get("gpt-4o-mini")
+    assert (rung.connect_timeout_s, rung.first_token_timeout_s) == (3, 20)
+    assert (rung.retries.attempts, rung.retries.max_retry_after_s, rung.retries.initial_backoff_s) == (4, 10, 0.5)
+    assert (rung.circuit.failures, rung.circuit.cooldown_s) == (5, 60)
+    assert rung.price.input_per_1m == 0.15 and rung.price_source.startswith("genai-prices")
+    assert yaml.safe_load(path.read_text())["rungs"][0]["name"] in {"smollm2-135m", "gemma3-270m", "gpt-4o-mini"}
+
+
+def test_a_local_tier_without_a_price_is_refused(chart: ChartRenderer):
+    with pytest.raises(Exception, match="tiers.smollm2-135m: a local-gguf tier needs price"):
+        chart.render({"tiers": {"smollm2-135m": {"price": None}}})

@@ -155,8 +155,11 @@ def check_promises(rendered: Rendered, sets: list[tuple[str, str]]) -> None:
     """What a --set in the page says it does, it does."""
     for flag, expression in sets:
         if flag == "--set-json":
-            for name in helm.parse_set_json(expression).get("tiers", {}):
+            parsed = helm.parse_set_json(expression)
+            for name in parsed.get("tiers", {}):
                 assert f"name: {name}" in rendered.get("ConfigMap", "escalon-catalogue")["data"]["catalogue.yaml"]
+            for label, value in parsed.get("metrics", {}).get("serviceMonitor", {}).get("labels", {}).items():
+                assert rendered.get("ServiceMonitor", "escalon")["metadata"]["labels"][label] == value
             continue
         key, value = expression.split("=", 1)
         if m := re.fullmatch(r"tiers\.([-a-z0-9]+)\.autoscaling\.(min|max)Replicas", key):
@@ -175,6 +178,10 @@ def check_promises(rendered: Rendered, sets: list[tuple[str, str]]) -> None:
         elif key == "telemetry.otlpEndpoint":
             router = rendered.get("Deployment", "escalon-router")["spec"]["template"]["spec"]["containers"][0]
             assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": value} in router["env"]
+        elif m := re.fullmatch(r"metrics\.(serviceMonitor|prometheusRule|dashboard)\.enabled", key):
+            kind, name = {"serviceMonitor": ("ServiceMonitor", "escalon"), "prometheusRule": ("PrometheusRule", "escalon"),
+                          "dashboard": ("ConfigMap", "escalon-dashboard")}[m[1]]
+            assert (name in rendered.names(kind)) == (value == "true"), expression
         else:
             pytest.fail(f"no check for --set {expression}: add one to check_promises")
 
@@ -203,6 +210,7 @@ KINDS = {
     "pdb": "PodDisruptionBudget",
     "configmap": "ConfigMap", "cm": "ConfigMap",
     "networkpolicy": "NetworkPolicy", "netpol": "NetworkPolicy",
+    "servicemonitor": "ServiceMonitor", "podmonitor": "PodMonitor", "prometheusrule": "PrometheusRule",
 }
 
 
