@@ -68,168 +68,198 @@ def prepare(params: SikedParams, data_dir: Path) -> SikedParams:
     return prepare_distill(params, data_dir)
 
 
+class _Siked:
+    """One run of the job: the phase in the checkpoint says which method continues it."""
+
+    def __init__(self, params: SikedParams, ctx: JobContext) -> None:
+        self.p, self.ctx, self.root = params, ctx, ctx.artefact_dir
+        self.catalogue = job_catalogue(params)
+        self.splits = load_splits(params)
+        self.by_id = {i.id: i for i in self.splits.train}
+        self.student = make_student(params, self.catalogue)
+        self.teacher: Teacher | None = None
+        state = ctx.load_checkpoint()
+        if not state or state.get("fingerprint") != params.fingerprint():
+            state = {"format": FORMAT, "fingerprint": params.fingerprint(), "phase": "teacher", "it": 0,
+                     "teacher_done": 0, "sampled": 0, "teacher_calls": 0, "teacher_cost_usd": 0.0, "iterations": [],
+                     "baseline": None, "started_at": time.time()}
+        self.state = state
+        self.total_its = params.iterations + 1
+
+    def save(self, message: str, frac: float, **kw: Any) -> None:
+        pause(self.p.step_delay_s)
+        self.ctx.save_checkpoint(self.state, progress=min(0.99, (self.state["it"] + frac) / (self.total_its + 0.5)),
+                                 message=message, **kw)
+
+    def it_dir(self, t: int) -> Path:
+        return self.root / "iterations" / str(t)
+
+    def run(self) -> dict[str, Any]:
+        try:
+            while self.state["phase"] != "done":
+                report = getattr(self, f"_{self.state['phase']}")(self.state["it"])
+                if report is not None:
+                    return report
+        finally:
+            if self.teacher is not None:
+                self.teacher.close()
+        raise RuntimeError("unreachable")
+
+    def _teacher(self, t: int) -> dict[str, Any] | None:
+        p, state, root, splits = self.p, self.state, self.root, self.splits
+        if self.teacher is None:
+            self.teacher = make_teacher(p.teacher, catalogue=self.catalogue, models_dir=Path(p.models_dir or "."),
+                                        threads=p.torch_threads, max_tokens=p.teacher_max_tokens)
+        path = root / "teacher.jsonl"
+        rows = read_jsonl(path)[: state["teacher_done"]] if path.is_file() else []
+        done_q = len({r["id"] for r in rows})
+        for start in range(done_q, len(splits.train), p.teacher_chunk):
+            for item in splits.train[start : start + p.teacher_chunk]:
+                for s in p.strategies:
+                    try:
+                        answer = self.teacher.solve(item, s)
+                    except RungUnavailable:  # e.g. a replay teacher has only its recorded strategy
+                        continue
+                    state["teacher_calls"] += answer.calls
+                    state["teacher_cost_usd"] = round(state["teacher_cost_usd"] + answer.cost_usd, 8)
+                    target = f"[{s}]: {answer.text}"
+                    rows.append({"id": item.id, "strategy": s, "target": target,
+                                 "correct": is_correct(target, item)})
+            write_jsonl(path, rows)
+            state["teacher_done"] = len(rows)
+            self.save(f"teacher solutions for {min(start + p.teacher_chunk, len(splits.train))}/{len(splits.train)} "
+                      "questions", 0.1)
+        kept = [r for r in rows if r["correct"]]
+        if not kept:
+            raise ValueError("the teacher solved none of the train questions correctly")
+        write_jsonl(self.it_dir(0) / "data.jsonl", [{"id": r["id"], "prompt": self.by_id[r["id"]].prompt,
+                                                     "target": r["target"], "from": "teacher"} for r in kept])
+        state["teacher_kept_by_strategy"] = dict(Counter(r["strategy"] for r in kept))
+        state["alpha"] = {"0": 1.0}
+        state["phase"] = "baseline"
+        self.save(f"teacher data: {len(kept)} correct solutions {state['teacher_kept_by_strategy']}", 0.2)
+        return None
+
+    def _baseline(self, t: int) -> dict[str, Any] | None:
+        p, state, splits = self.p, self.state, self.splits
+        self.student.use_base()
+        val, test = score(self.student, splits.val, p), score(self.student, splits.test, p)
+        state["baseline"] = {"val": val.accuracy, "test": test.accuracy}
+        state["phase"] = "train"
+        self.save(f"before distillation: val {val.accuracy:.1%}, test {test.accuracy:.1%}", 0.25,
+                  metrics={"iteration": -1, "val_accuracy": val.accuracy, "test_accuracy": test.accuracy})
+        return None
+
+    def _train(self, t: int) -> dict[str, Any] | None:
+        p, state = self.p, self.state
+        rows = [(r["prompt"], r["target"]) for r in read_jsonl(self.it_dir(t) / "data.jsonl")]
+
+        def on_step(step: int, total: int, loss: float, t: int = t) -> None:
+            pause(p.step_delay_s)
+            self.ctx.report(min(0.99, (t + 0.3 + 0.4 * step / total) / (self.total_its + 0.5)),
+                            f"iteration {t}: training step {step}/{total}, loss {loss:.3f}")
+
+        run_ = self.student.finetune(rows, self.it_dir(t), p.train, on_step=on_step,
+                                     on_checkpoint=lambda s, n, t=t: self.save(f"iteration {t}: state at step {s}/{n}",
+                                                                               0.3 + 0.4 * s / n, step=s))
+        state["train"] = {"steps": run_.steps, "rows": len(rows), "loss": run_.losses[-1]}
+        state["phase"] = "eval"
+        self.save(f"iteration {t}: trained {run_.steps} steps on {len(rows)} rows", 0.7)
+        return None
+
+    def _eval(self, t: int) -> dict[str, Any] | None:
+        p, state, splits = self.p, self.state, self.splits
+        self.student.use_adapter(self.it_dir(t) / "adapter")
+        val, test = score(self.student, splits.val, p), score(self.student, splits.test, p)
+        mix = Counter(strategy_of(o)[0] or "none" for o in test.outputs)
+        record = {"iteration": t, "alpha": state["alpha"][str(t)], "val_accuracy": val.accuracy,
+                  "test_accuracy": test.accuracy, "test_strategy_mix": dict(mix), **state.pop("train", {}),
+                  "self_rows": state.pop("self_rows", 0), "teacher_rows": state.pop("teacher_rows", None),
+                  "solved_train_questions": state.pop("solved", None)}
+        atomic_write(self.it_dir(t) / "eval.json", json.dumps({"val": val.outputs, "test": test.outputs}))
+        state["iterations"] = [r for r in state["iterations"] if r["iteration"] != t] + [record]
+        state["phase"] = "sample" if t < p.iterations else "finalize"
+        state["sampled"] = 0
+        self.save(f"iteration {t}: α {record['alpha']:.2f}, val {val.accuracy:.1%}, test {test.accuracy:.1%}, "
+                  f"strategies {dict(mix)}", 0.8, step=t,
+                  metrics={"iteration": t, "alpha": record["alpha"], "val_accuracy": val.accuracy,
+                           "test_accuracy": test.accuracy})
+        return None
+
+    def _sample(self, t: int) -> dict[str, Any] | None:
+        p, state, splits = self.p, self.state, self.splits
+        self.student.use_adapter(self.it_dir(t) / "adapter")
+        path = self.it_dir(t) / "self.jsonl"
+        got = read_jsonl(path)[: state.get("sampled_rows", 0)] if path.is_file() else []
+        train = splits.train
+        for start in range(state["sampled"], len(train), p.sample_chunk):
+            chunk = train[start : start + p.sample_chunk]
+            prompts = [i.prompt for i in chunk for _ in p.strategies]
+            prefixes = [f"[{s}]:" for _ in chunk for s in p.strategies]
+            outs = self.student.generate(prompts, n=p.samples, temperature=p.temperature, prefixes=prefixes,
+                                         max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size,
+                                         seed=start)
+            for k, texts in enumerate(outs):
+                item = chunk[k // len(p.strategies)]
+                for text in dict.fromkeys(texts):  # unique samples only
+                    if is_correct(text, item):
+                        got.append({"id": item.id, "target": text})
+            write_jsonl(path, got)
+            state["sampled"], state["sampled_rows"] = start + len(chunk), len(got)
+            self.save(f"iteration {t + 1}: student sampled {state['sampled']}/{len(train)} questions", 0.9)
+        solved = {g["id"] for g in got}
+        teacher_rows = [r for r in read_jsonl(self.it_dir(0) / "data.jsonl") if r["id"] not in solved]
+        data = [{"id": g["id"], "prompt": self.by_id[g["id"]].prompt, "target": g["target"], "from": "self"}
+                for g in got] + teacher_rows
+        if not data:
+            raise ValueError("no training rows: the student solved nothing and the teacher data is empty")
+        alpha = len(teacher_rows) / len(data)
+        write_jsonl(self.it_dir(t + 1) / "data.jsonl", data)
+        state["alpha"][str(t + 1)] = round(alpha, 4)
+        state.update(it=t + 1, phase="train", self_rows=len(got), teacher_rows=len(teacher_rows),
+                     solved=len(solved))
+        self.save(f"iteration {t + 1}: {len(got)} self rows for {len(solved)} questions + {len(teacher_rows)} "
+                  f"teacher rows: α = {alpha:.2f}", 0.0, step=t + 1,
+                  metrics={"iteration": t + 1, "alpha": alpha, "self_rows": len(got)})
+        return None
+
+    def _finalize(self, t: int) -> dict[str, Any] | None:
+        p, state, root, splits = self.p, self.state, self.root, self.splits
+        its = sorted(state["iterations"], key=lambda r: r["iteration"])
+        best = max(its, key=lambda r: (r["val_accuracy"], -r["iteration"]))
+        self.student.use_adapter(self.it_dir(best["iteration"]) / "adapter")
+        merged = root / "student" / "merged"
+        self.student.save_merged(merged, metadata={"job": self.ctx.job_id, "kind": "siked", "base_rung": p.student,
+                                                   "teacher": p.teacher, "iteration": best["iteration"]})
+        shutil.rmtree(root / "student" / "adapter", ignore_errors=True)
+        shutil.copytree(self.it_dir(best["iteration"]) / "adapter", root / "student" / "adapter")
+        png = plot_rounds(root / "accuracy.png", f"SIKeD: {p.student} taught by {p.teacher}",
+                          {"SIKeD, test": [(r["iteration"], r["test_accuracy"]) for r in its],
+                           "SIKeD, val": [(r["iteration"], r["val_accuracy"]) for r in its],
+                           "α (teacher share)": [(r["iteration"], r["alpha"]) for r in its]},
+                          {"before distillation, test": state["baseline"]["test"]}, xlabel="iteration")
+        name = f"{p.student}-siked-{self.ctx.job_id[:8].lower()}".replace("_", "-")
+        report = {"format": FORMAT, "teacher": p.teacher, "student": p.student,
+                  "items": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+                  "teacher_kept_by_strategy": state.get("teacher_kept_by_strategy"),
+                  "before": state["baseline"], "iterations": its, "best_iteration": best["iteration"],
+                  "best": {"val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"]},
+                  "alpha_by_iteration": state["alpha"], "teacher_calls": state["teacher_calls"],
+                  "teacher_cost_usd": state["teacher_cost_usd"],
+                  "seconds": round(time.time() - state["started_at"], 1), "student_model": str(merged),
+                  "student_rung": student_rung_spec(p, self.catalogue, merged, name)}
+        write = self.ctx.write_artefact
+        report["artefacts"] = {"report_json": str(write("report.json", json.dumps(report, indent=1))),
+                               "plot_png": str(write("accuracy.png", png)),
+                               "report_md": str(write("report.md", _markdown(report))),
+                               "student_merged": str(merged)}
+        state["phase"] = "done"
+        self.save(f"done: iteration {best['iteration']} kept, test {best['test_accuracy']:.1%}", 1.0)
+        return report
+
+
 def run(params: SikedParams, ctx: JobContext) -> dict[str, Any]:
-    p, root = params, ctx.artefact_dir
-    catalogue = job_catalogue(p)
-    splits = load_splits(p)
-    by_id = {i.id: i for i in splits.train}
-    student = make_student(p, catalogue)
-    teacher: Teacher | None = None
-    state = ctx.load_checkpoint()
-    if not state or state.get("fingerprint") != p.fingerprint():
-        state = {"format": FORMAT, "fingerprint": p.fingerprint(), "phase": "teacher", "it": 0, "teacher_done": 0,
-                 "sampled": 0, "teacher_calls": 0, "teacher_cost_usd": 0.0, "iterations": [], "baseline": None,
-                 "started_at": time.time()}
-    total_its = p.iterations + 1
-
-    def save(message: str, frac: float, **kw: Any) -> None:
-        pause(p.step_delay_s)
-        ctx.save_checkpoint(state, progress=min(0.99, (state["it"] + frac) / (total_its + 0.5)), message=message, **kw)
-
-    def it_dir(t: int) -> Path:
-        return root / "iterations" / str(t)
-
-    try:
-        while state["phase"] != "done":
-            phase, t = state["phase"], state["it"]
-            if phase == "teacher":
-                if teacher is None:
-                    teacher = make_teacher(p.teacher, catalogue=catalogue, models_dir=Path(p.models_dir or "."),
-                                           threads=p.torch_threads, max_tokens=p.teacher_max_tokens)
-                path = root / "teacher.jsonl"
-                rows = read_jsonl(path)[: state["teacher_done"]] if path.is_file() else []
-                done_q = len({r["id"] for r in rows})
-                for start in range(done_q, len(splits.train), p.teacher_chunk):
-                    for item in splits.train[start : start + p.teacher_chunk]:
-                        for s in p.strategies:
-                            try:
-                                answer = teacher.solve(item, s)
-                            except RungUnavailable:  # e.g. a replay teacher has only its recorded strategy
-                                continue
-                            state["teacher_calls"] += answer.calls
-                            state["teacher_cost_usd"] = round(state["teacher_cost_usd"] + answer.cost_usd, 8)
-                            target = f"[{s}]: {answer.text}"
-                            rows.append({"id": item.id, "strategy": s, "target": target,
-                                         "correct": is_correct(target, item)})
-                    write_jsonl(path, rows)
-                    state["teacher_done"] = len(rows)
-                    save(f"teacher solutions for {min(start + p.teacher_chunk, len(splits.train))}/{len(splits.train)} "
-                         "questions", 0.1)
-                kept = [r for r in rows if r["correct"]]
-                if not kept:
-                    raise ValueError("the teacher solved none of the train questions correctly")
-                write_jsonl(it_dir(0) / "data.jsonl", [{"id": r["id"], "prompt": by_id[r["id"]].prompt,
-                                                        "target": r["target"], "from": "teacher"} for r in kept])
-                state["teacher_kept_by_strategy"] = dict(Counter(r["strategy"] for r in kept))
-                state["alpha"] = {"0": 1.0}
-                state["phase"] = "baseline"
-                save(f"teacher data: {len(kept)} correct solutions {state['teacher_kept_by_strategy']}", 0.2)
-            elif phase == "baseline":
-                student.use_base()
-                val, test = score(student, splits.val, p), score(student, splits.test, p)
-                state["baseline"] = {"val": val.accuracy, "test": test.accuracy}
-                state["phase"] = "train"
-                save(f"before distillation: val {val.accuracy:.1%}, test {test.accuracy:.1%}", 0.25,
-                     metrics={"iteration": -1, "val_accuracy": val.accuracy, "test_accuracy": test.accuracy})
-            elif phase == "train":
-                rows = [(r["prompt"], r["target"]) for r in read_jsonl(it_dir(t) / "data.jsonl")]
-
-                def on_step(step: int, total: int, loss: float, t: int = t) -> None:
-                    pause(p.step_delay_s)
-                    ctx.report(min(0.99, (t + 0.3 + 0.4 * step / total) / (total_its + 0.5)),
-                               f"iteration {t}: training step {step}/{total}, loss {loss:.3f}")
-
-                run_ = student.finetune(rows, it_dir(t), p.train, on_step=on_step,
-                                        on_checkpoint=lambda s, n, t=t: save(f"iteration {t}: state at step {s}/{n}",
-                                                                             0.3 + 0.4 * s / n, step=s))
-                state["train"] = {"steps": run_.steps, "rows": len(rows), "loss": run_.losses[-1]}
-                state["phase"] = "eval"
-                save(f"iteration {t}: trained {run_.steps} steps on {len(rows)} rows", 0.7)
-            elif phase == "eval":
-                student.use_adapter(it_dir(t) / "adapter")
-                val, test = score(student, splits.val, p), score(student, splits.test, p)
-                mix = Counter(strategy_of(o)[0] or "none" for o in test.outputs)
-                record = {"iteration": t, "alpha": state["alpha"][str(t)], "val_accuracy": val.accuracy,
-                          "test_accuracy": test.accuracy, "test_strategy_mix": dict(mix), **state.pop("train", {}),
-                          "self_rows": state.pop("self_rows", 0), "teacher_rows": state.pop("teacher_rows", None),
-                          "solved_train_questions": state.pop("solved", None)}
-                atomic_write(it_dir(t) / "eval.json", json.dumps({"val": val.outputs, "test": test.outputs}))
-                state["iterations"] = [r for r in state["iterations"] if r["iteration"] != t] + [record]
-                state["phase"] = "sample" if t < p.iterations else "finalize"
-                state["sampled"] = 0
-                save(f"iteration {t}: α {record['alpha']:.2f}, val {val.accuracy:.1%}, test {test.accuracy:.1%}, "
-                     f"strategies {dict(mix)}", 0.8, step=t,
-                     metrics={"iteration": t, "alpha": record["alpha"], "val_accuracy": val.accuracy,
-                              "test_accuracy": test.accuracy})
-            elif phase == "sample":
-                student.use_adapter(it_dir(t) / "adapter")
-                path = it_dir(t) / "self.jsonl"
-                got = read_jsonl(path)[: state.get("sampled_rows", 0)] if path.is_file() else []
-                train = splits.train
-                for start in range(state["sampled"], len(train), p.sample_chunk):
-                    chunk = train[start : start + p.sample_chunk]
-                    prompts = [i.prompt for i in chunk for _ in p.strategies]
-                    prefixes = [f"[{s}]:" for _ in chunk for s in p.strategies]
-                    outs = student.generate(prompts, n=p.samples, temperature=p.temperature, prefixes=prefixes,
-                                            max_new_tokens=p.max_new_tokens, batch_size=p.eval_batch_size,
-                                            seed=start)
-                    for k, texts in enumerate(outs):
-                        item = chunk[k // len(p.strategies)]
-                        for text in dict.fromkeys(texts):  # unique samples only
-                            if is_correct(text, item):
-                                got.append({"id": item.id, "target": text})
-                    write_jsonl(path, got)
-                    state["sampled"], state["sampled_rows"] = start + len(chunk), len(got)
-                    save(f"iteration {t + 1}: student sampled {state['sampled']}/{len(train)} questions", 0.9)
-                solved = {g["id"] for g in got}
-                teacher_rows = [r for r in read_jsonl(it_dir(0) / "data.jsonl") if r["id"] not in solved]
-                data = [{"id": g["id"], "prompt": by_id[g["id"]].prompt, "target": g["target"], "from": "self"}
-                        for g in got] + teacher_rows
-                if not data:
-                    raise ValueError("no training rows: the student solved nothing and the teacher data is empty")
-                alpha = len(teacher_rows) / len(data)
-                write_jsonl(it_dir(t + 1) / "data.jsonl", data)
-                state["alpha"][str(t + 1)] = round(alpha, 4)
-                state.update(it=t + 1, phase="train", self_rows=len(got), teacher_rows=len(teacher_rows),
-                             solved=len(solved))
-                save(f"iteration {t + 1}: {len(got)} self rows for {len(solved)} questions + {len(teacher_rows)} "
-                     f"teacher rows: α = {alpha:.2f}", 0.0, step=t + 1,
-                     metrics={"iteration": t + 1, "alpha": alpha, "self_rows": len(got)})
-            elif phase == "finalize":
-                its = sorted(state["iterations"], key=lambda r: r["iteration"])
-                best = max(its, key=lambda r: (r["val_accuracy"], -r["iteration"]))
-                student.use_adapter(it_dir(best["iteration"]) / "adapter")
-                merged = root / "student" / "merged"
-                student.save_merged(merged, metadata={"job": ctx.job_id, "kind": "siked", "base_rung": p.student,
-                                                      "teacher": p.teacher, "iteration": best["iteration"]})
-                shutil.rmtree(root / "student" / "adapter", ignore_errors=True)
-                shutil.copytree(it_dir(best["iteration"]) / "adapter", root / "student" / "adapter")
-                png = plot_rounds(root / "accuracy.png", f"SIKeD: {p.student} taught by {p.teacher}",
-                                  {"SIKeD, test": [(r["iteration"], r["test_accuracy"]) for r in its],
-                                   "SIKeD, val": [(r["iteration"], r["val_accuracy"]) for r in its],
-                                   "α (teacher share)": [(r["iteration"], r["alpha"]) for r in its]},
-                                  {"before distillation, test": state["baseline"]["test"]}, xlabel="iteration")
-                name = f"{p.student}-siked-{ctx.job_id[:8].lower()}".replace("_", "-")
-                report = {"format": FORMAT, "teacher": p.teacher, "student": p.student,
-                          "items": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-                          "teacher_kept_by_strategy": state.get("teacher_kept_by_strategy"),
-                          "before": state["baseline"], "iterations": its, "best_iteration": best["iteration"],
-                          "best": {"val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"]},
-                          "alpha_by_iteration": state["alpha"], "teacher_calls": state["teacher_calls"],
-                          "teacher_cost_usd": state["teacher_cost_usd"],
-                          "seconds": round(time.time() - state["started_at"], 1), "student_model": str(merged),
-                          "student_rung": student_rung_spec(p, catalogue, merged, name)}
-                report["artefacts"] = {"report_json": str(ctx.write_artefact("report.json", json.dumps(report, indent=1))),
-                                       "plot_png": str(ctx.write_artefact("accuracy.png", png)),
-                                       "report_md": str(ctx.write_artefact("report.md", _markdown(report))),
-                                       "student_merged": str(merged)}
-                state["phase"] = "done"
-                save(f"done: iteration {best['iteration']} kept, test {best['test_accuracy']:.1%}", 1.0)
-                return report
-    finally:
-        if teacher is not None:
-            teacher.close()
-    raise RuntimeError("unreachable")
+    return _Siked(params, ctx).run()
 
 
 def _markdown(r: dict[str, Any]) -> str:
