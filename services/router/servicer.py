@@ -115,7 +115,8 @@ class Router:
         if admission is not None:
             rungs = admission.rungs(self.rungs)
             asked = query
-            query = admission.admit(asked, rungs, lambda name: self.cascade.cost_bound(self.catalogue.get(name), asked))
+            query = await admission.admit(asked, rungs,
+                                          lambda name: self.cascade.cost_bound(self.catalogue.get(name), asked))
         request_id = request.request_id or uuid.uuid4().hex
         started = time.perf_counter()
         with tracer(__name__).start_as_current_span("escalon.route") as span:

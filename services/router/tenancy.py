@@ -45,7 +45,7 @@ class Admission:
                                    "which this router routes", field="pin_rung")
         return allowed
 
-    def admit(self, query: RouteQuery, rungs: list[str], bound) -> RouteQuery:  # noqa: ANN001
+    async def admit(self, query: RouteQuery, rungs: list[str], bound) -> RouteQuery:  # noqa: ANN001
         """Check the allow-lists, reserve the budget; `bound(rung)` is one attempt's upper cost."""
         self.threshold = query.threshold
         key = self.key
@@ -63,7 +63,8 @@ class Admission:
             return query
         bounds = [bound(query.pin_rung)] if query.pin_rung else [bound(r) for r in rungs]
         most = sum(bounds) if query.max_cost_usd is None else min(sum(bounds), query.max_cost_usd)
-        self.reservation = self.ledger.reserve(key, least=min(bounds), most=most)
+        # held by other routes in flight (not spent) → wait for them to settle rather than refuse
+        self.reservation = await self.ledger.reserve_or_wait(key, least=min(bounds), most=most)
         cap = self.reservation.amount if query.max_cost_usd is None else min(query.max_cost_usd,
                                                                             self.reservation.amount)
         return dataclasses.replace(query, max_cost_usd=cap)

@@ -70,6 +70,7 @@ class SpendLedger:
         self._reserved: dict[str, float] = defaultdict(float)
         self._task: asyncio.Task | None = None
         self._sync_lock = asyncio.Lock()
+        self._released: dict[str, asyncio.Event] = {}  # per key: set when a route in flight settles
         self.degraded = ""
 
     # ---- the request side
@@ -117,6 +118,30 @@ class SpendLedger:
         self._reserved[key.key_id] += amount
         return Reservation(key.key_id, amount, tuple(chosen) or periods(self.clock()))
 
+    async def reserve_or_wait(self, key: KeyRecord, *, least: float, most: float,
+                              timeout_s: float = 30.0) -> Reservation:
+        """reserve(), but when what blocks it is only held by routes in flight (they may cost less than they
+        hold), wait for them to settle — up to timeout_s — instead of refusing a budget that is not spent."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                return self.reserve(key, least=least, most=most)
+            except BudgetExceeded:
+                left = asyncio.get_running_loop().time() - deadline
+                if self._reserved[key.key_id] <= 0 or left >= 0 or not self._fits_when_settled(key, least):
+                    raise
+                event = self._released.setdefault(key.key_id, asyncio.Event())
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=-left)
+
+    def _fits_when_settled(self, key: KeyRecord, least: float) -> bool:
+        for period in periods(self.clock()):
+            limit = key.budget_day_usd if period.kind == "daily" else key.budget_month_usd
+            if limit is not None and limit - self.spent(key.key_id, period) < least:
+                return False
+        return True
+
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Release the reservation and charge the route's actual cost to every period it was reserved in."""
         if reservation.settled:
@@ -127,6 +152,9 @@ class SpendLedger:
             entry = self._unsynced[(reservation.key_id, period.key)]
             entry[0] += actual_usd
             entry[1] += 1
+        released = self._released.get(reservation.key_id)
+        if released is not None:
+            released.set()
 
     # ---- the database side
 
