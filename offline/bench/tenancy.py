@@ -119,13 +119,17 @@ class ThrowawayPostgres:
         self.bindir, self.data, self.port = bindir, root / "pg", _free_port()
         self.sock = root / "sock"
         self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.prefix:
+            os.chmod(root.parent, 0o755)  # a TemporaryDirectory is 0700: the postgres user must reach into it
         for p in (root, self.sock):
             p.mkdir(parents=True, exist_ok=True)
             if self.prefix:
                 shutil.chown(p, "postgres")
 
     def _run(self, *args: str) -> None:
-        subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*self.prefix, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{Path(args[0]).name} failed: {(done.stderr or done.stdout).strip()[-500:]}")
 
     def init(self) -> None:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
@@ -160,6 +164,7 @@ async def database_restart(rate_rps: float = 50.0, seconds: float = 12.0, down_a
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 n = int(rate_rps * seconds)
                 lat: list[float] = []
+                during: list[float] = []  # routes sent while the database was down
 
                 async def one() -> None:
                     nonlocal answered, failed
@@ -167,7 +172,8 @@ async def database_restart(rate_rps: float = 50.0, seconds: float = 12.0, down_a
                     try:
                         await stub.Route(REQUEST, timeout=30)
                         answered += 1
-                        lat.append((time.perf_counter() - t) * 1000)
+                        ms = (time.perf_counter() - t) * 1000
+                        (during if down_at <= t - started <= down_at + down_for else lat).append(ms)
                     except grpc.aio.AioRpcError:
                         failed += 1
 
@@ -205,8 +211,11 @@ async def database_restart(rate_rps: float = 50.0, seconds: float = 12.0, down_a
         log = (Path(scratch) / "logs" / "router.log").read_text(errors="replace")
     said = [line.split(": ", 1)[-1][:160] for line in log.splitlines() if "route log" in line]
     return {"sent": n, "answered": answered, "failed": failed, "recorded": recorded,
-            "lost": answered - recorded, "outage_s": down_for, "p50_ms": statistics.median(lat),
-            "p99_ms": _percentile(lat, 0.99), "router_said": said}
+            "lost": answered - recorded, "outage_s": down_for,
+            "database_up": {"n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": _percentile(lat, 0.99)},
+            "database_down": {"n": len(during), "p50_ms": statistics.median(during) if during else None,
+                              "p99_ms": _percentile(during, 0.99) if during else None},
+            "router_said": said}
 
 
 async def budget_under_concurrency(clients: int = 20, budget_usd: float = 0.01) -> dict[str, Any]:
@@ -258,6 +267,42 @@ async def budget_under_concurrency(clients: int = 20, budget_usd: float = 0.01) 
             "refused_clients": refused, "refusal": errors[0] if errors else ""}
 
 
+def request_path_cost(n: int = 5000) -> dict[str, Any]:
+    """What logging adds on the request path itself, without the machine's load in the way: building the row
+    of a two-attempt route and queueing it (the write happens later, on the writer's thread)."""
+    from escalon.db.routelog import RouteLogWriter
+    from escalon.gen.common.v1 import common_pb2
+    from escalon.router.policy import RoutePlan
+    from escalon.router.route_record import route_row
+
+    scores = [common_pb2.JudgeScore(judge=j, score=0.5) for j in ("agreement", "entropy", "fsd", "cross_model")]
+    response = router_pb2.RouteResponse(answer="8", rung="gpt-4", total_cost_usd=0.0034, confidence=0.8,
+                                        request_id="r", attempts=[
+        router_pb2.RungAttempt(rung=r, samples=1, cost_usd=0.001, answer="x" * 400, judge_scores=scores,
+                               usage=common_pb2.Usage(input_tokens=56, output_tokens=130)) for r in ("a", "b")])
+    plan = RoutePlan(("a", "b"), "cheapest-first", "fixed cascade", 0.7)
+
+    async def go() -> list[float]:
+        writer = RouteLogWriter("sqlite:///:memory:", queue_size=n + 1)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            writer.submit(route_row(REQUEST, response=response, plan=plan, key=None, keep_text=False, latency_ms=1.0))
+            times.append((time.perf_counter() - t) * 1e6)
+        return times
+
+    times = asyncio.run(go()) if not _in_loop() else []
+    return {"n": n, "p50_us": statistics.median(times), "p99_us": _percentile(times, 0.99)}
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
 async def run(requests: int) -> dict[str, Any]:
     return {"logging_overhead": await logging_overhead(requests),
             "database_restart": await database_restart(),
@@ -265,7 +310,7 @@ async def run(requests: int) -> dict[str, Any]:
 
 
 def main(requests: int, out: Path | None) -> int:
-    figures = asyncio.run(run(requests))
+    figures = {"request_path_cost": request_path_cost(), **asyncio.run(run(requests))}
     print(json.dumps(figures, indent=1))
     if out:
         out.write_text(json.dumps(figures, indent=1))

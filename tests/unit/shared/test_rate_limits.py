@@ -1,0 +1,52 @@
+"""Rate limits of API keys: per process without Redis; one limit across replicas with it (two gates stand for
+two router replicas; Redis on 127.0.0.1:6379, skipped with the reason when none answers)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from escalon.auth import Gate
+from escalon.db.engine import LazyDatabase
+from escalon.db.keys import create_key
+from escalon.db.settings import DatabaseSettings
+from escalon.errors import RateLimited
+
+pytestmark = pytest.mark.unit
+REDIS = os.environ.get("ESCALON_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def _redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no Redis at {REDIS} ({type(exc).__name__}); set ESCALON_TEST_REDIS to test shared limits")
+
+
+async def _admitted(gates: list[Gate], key: str, calls: int) -> int:
+    ok = 0
+    for i in range(calls):
+        try:
+            await gates[i % len(gates)].check((("authorization", f"Bearer {key}"),), "route")
+            ok += 1
+        except RateLimited as exc:
+            assert "over its rate limit of 3 per 1 minute" in str(exc) and "retry in" in str(exc)
+    return ok
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_key_gets_its_rate_across_replicas_only_with_redis(tmp_path, shared):
+    if shared:
+        _redis_or_skip()
+    db = DatabaseSettings(data_dir=tmp_path, redis_url=REDIS if shared else "")
+    engine = LazyDatabase(db.database_url)
+    _, key = create_key(engine(), tenant="acme", rate_limit="3/minute")
+    gates = [Gate(db, engine, service="router"), Gate(db, engine, service="router")]
+    for gate in gates:
+        await gate.start()
+    # six calls spread over two replicas: shared, 3 pass in all; in-process, each replica lets 3 through
+    assert await _admitted(gates, key, 6) == (3 if shared else 6)
+    engine.dispose()
