@@ -184,6 +184,7 @@ checksum/catalogue: {{ include "escalon.catalogue" . | sha256sum }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- include "escalon.tenancyEnv" .root }}
 # The root filesystem is read-only: caches go to the writable volumes.
 - name: HOME
   value: /tmp
@@ -224,6 +225,36 @@ a fallback value; call with (dict "env" NAME "setting" $setting "fallback" "..."
 - name: {{ .env }}
   value: {{ .fallback | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* Escalon's database (route log, tenants, keys), the profile, auth and shared rate limits. */}}
+{{- define "escalon.tenancyEnv" -}}
+{{- if or .Values.database.existingSecret .Values.database.url }}
+{{- include "escalon.urlEnv" (dict "env" "ESCALON_DATABASE_URL" "setting" .Values.database) }}
+{{- else if .Values.postgresql.enabled }}
+{{- $pg := .Values.postgresql }}
+- name: ESCALON_PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.auth.existingSecret | default (printf "%s-postgresql" .Release.Name) }}
+      key: password
+- name: ESCALON_DATABASE_URL
+  value: {{ printf "postgresql+psycopg://%s:$(ESCALON_PGPASSWORD)@%s-postgresql:5432/%s" $pg.auth.username .Release.Name $pg.auth.database | quote }}
+{{- end }}
+- name: ESCALON_PROFILE
+  value: {{ .Values.profile | quote }}
+- name: ESCALON_AUTH
+  value: {{ .Values.auth | quote }}
+- name: ESCALON_ROUTE_LOG
+  value: {{ .Values.routeLog.enabled | quote }}
+- name: ESCALON_ROUTE_LOG_PROMPTS
+  value: {{ .Values.routeLog.storePrompts | quote }}
+- name: ESCALON_ROUTE_LOG_RETENTION_DAYS
+  value: {{ .Values.routeLog.retentionDays | quote }}
+{{- include "escalon.urlEnv" (dict "env" "ESCALON_REDIS_URL" "setting" .Values.rateLimits "fallback" (ternary (printf "redis://%s-redis:6379/2" .Release.Name) "" .Values.redis.enabled)) }}
+# the operator's page reads every replica's routes from the route log (gateway only)
+- name: ESCALON_GATEWAY_TRAFFIC_SOURCE
+  value: route_log
 {{- end -}}
 
 {{/* Broker, result backend and database for the distill front and workers. */}}
