@@ -196,6 +196,24 @@ def _tracing_server_interceptor() -> grpc.aio.ServerInterceptor:
     return aio_server_interceptor()
 
 
+class _CallOverFilter(logging.Filter):
+    """Two tracebacks that follow from a caller leaving, not from a fault here, become one debug line each:
+    gRPC's, for a handler that ends after its caller's deadline passed (its final status cannot be sent), and
+    OpenTelemetry's, for the span of a stream the caller abandoned between two messages (its generator is
+    closed later by the event loop, in another context; the span still ends)."""
+
+    NOISE = ("ExecuteBatchError raised in core by servicer method", "Failed to detach context")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.NOISE):
+            log.debug("%s (the call had ended: deadline passed or the caller left)", record.getMessage())
+            return False
+        return True
+
+
+_CALL_OVER_FILTER = _CallOverFilter()
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -218,6 +236,9 @@ class RunningServer:
 async def running_server(service: Service, settings: ServiceSettings, telemetry_name: str) -> AsyncIterator[RunningServer]:
     """Start the service's server; on exit stop it in the fixed order. Tests use this with port 0."""
     telemetry = configure_telemetry(telemetry_name)
+    for noisy in ("grpc._cython.cygrpc", "opentelemetry.context"):
+        if _CALL_OVER_FILTER not in logging.getLogger(noisy).filters:
+            logging.getLogger(noisy).addFilter(_CALL_OVER_FILTER)
     errors = ErrorMappingInterceptor(telemetry_name)
     server = grpc.aio.server(
         # a service's own interceptors (API keys: escalon.auth) run inside error mapping, which maps what they raise
