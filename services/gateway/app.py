@@ -62,6 +62,7 @@ T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
 _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
     400: "bad input; `param` names the field", 401: "no API key", 403: "API key not allowed",
+    413: "the body is over ESCALON_GATEWAY_MAX_BODY_BYTES",
     429: "rate limit, or a budget below the cheapest rung's cost", 503: "no rung is available",
     504: "the route did not finish in time"}.items()}
 
