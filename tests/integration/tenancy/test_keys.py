@@ -75,7 +75,16 @@ async def test_keys_decide_who_may_route_and_with_what(tmp_path, database_url):
             assert "retry in" in err.details()
         # what `escalon ask` / `escalon jobs` send with ESCALON_API_KEY set (escalon.auth.key_interceptors)
         async with grpc.aio.insecure_channel(router.address, interceptors=key_interceptors(plain)) as channel:
-            assert (await _route(router_pb2_grpc.RouterServiceStub(channel))).rung == "gpt-4"
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            assert (await _route(stub)).rung == "gpt-4"
+            streamed = [m async for m in stub.RouteStream(router_pb2.RouteStreamRequest(request=router_pb2.RouteRequest(
+                prompt=DEMO_PROMPT, answer_type=NUMBER, operating_point="economy")))]
+            assert streamed[-1].result.rung
+        async with grpc.aio.insecure_channel(router.address) as channel:  # the stream wants a key too
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [m async for m in router_pb2_grpc.RouterServiceStub(channel).RouteStream(
+                    router_pb2.RouteStreamRequest(request=router_pb2.RouteRequest(prompt=DEMO_PROMPT)))]
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     engine.dispose()
 
 
