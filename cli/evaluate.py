@@ -49,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="embedding cache, keyed by a hash of encoder and text [$ESCALON_DATA_DIR/embeddings]")
     p.add_argument("--max-test", type=int, help="evaluate on a random sample of this many test prompts (quick runs)")
     p.add_argument("--no-artefact", action="store_true", help="do not write <out>/artefact")
+    p.add_argument("--artefact-policy", choices=("auto", "cascade-routing", "routing"), default="auto",
+                   help="what the artefact's router plans with: auto = cascade routing when it beat one-call routing "
+                        "on held-out training prompts, else routing; cascade-routing = always (the best multi-rung "
+                        "setting on train); routing = never [auto]")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
         report = evaluation.evaluate(args.benchmark, policies=policies, encoder=args.encoder, cache_dir=cache,
                                      artefact_dir=None if args.no_artefact else args.out / "artefact",
-                                     progress=RichProgress(), max_test=args.max_test, seed=args.seed)
+                                     progress=RichProgress(), max_test=args.max_test, seed=args.seed,
+                                     artefact_policy=args.artefact_policy)
     paths = write_report(report, args.out)
     sys.stdout.write(render_markdown(report))
     console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}"

@@ -21,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 
 from escalon.answer_keys import answer_key
 from escalon.router.cascade_routing import (DEPTH, INTERACTION, RUN_FEATURES, TOP_K, UNRUN_FEATURES, AnswerState,
-                                            QualityEstimator, choose_answer, encode_keys, plan_step,
-                                            state_features)
+                                            QualityEstimator, choose_answer, decide, encode_keys, logit,
+                                            state_features, unrun_summary)
 
 STATES_PER_PROMPT = 4
 UNRUN_PER_STATE = 6
@@ -119,9 +119,14 @@ def fit_estimator(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, score
                                                   context[rows[s_i]])
     est = QualityEstimator(rungs, families, run_coef, run_bias, np.zeros(len(UNRUN_FEATURES) + R), 0.0,
                            np.zeros((DEPTH, R)), scale={"run": run_scale})
-    # the unrun model: features as estimate() builds them, for a few unrun rungs of each state
+    # the unrun model: features as estimate() builds them, for a few unrun rungs of each state, and for every
+    # rung before any answer (so the first step compares calibrated estimates, as later steps do)
+    rows = np.concatenate([rows, np.arange(n)])
+    run = np.vstack([run, np.zeros((n, R), bool)])
+    state = AnswerState(run, np.where(run, answers.codes[rows], -1), np.where(run, answers.lengths[rows], 0.0))
     unrun_x = _unrun_features(est, ex_ante[rows], state, context[rows])
     pick = _pick_unrun(rng, ~run, UNRUN_PER_STATE)
+    pick[-n:] = True
     s_u, r_u = np.nonzero(pick)
     unrun_coef, unrun_bias, unrun_scale = _fit_logistic(unrun_x[s_u, r_u], r_u, scores[rows[s_u], r_u], R, seed,
                                                         "unrun", context[rows[s_u]])
@@ -160,14 +165,10 @@ def _unrun_features(est: QualityEstimator, ex_ante: np.ndarray, state: AnswerSta
     n, R = ex_ante.shape
     run_x, summary = state_features(ex_ante, state, est.cross_family)
     q_run = est._apply(run_x, est.run_coef, est.run_bias, "run", context)
-    best = np.where(state.run, q_run, -np.inf).max(-1)
-    best = np.where(np.isfinite(best), best, 0.0)
-    n_run = state.run.sum(-1).astype(float)
-    mean_s = np.where(state.run, ex_ante, 0).sum(-1) / np.maximum(n_run, 1)
-    per_query = np.stack([n_run, summary[:, 0], summary[:, 1], summary[:, 2], best, mean_s, summary[:, 3]], -1)
-    from escalon.router.cascade_routing import logit
-
-    return np.concatenate([logit(ex_ante)[..., None], np.broadcast_to(per_query[:, None, :], (n, R, 7))], -1)
+    per_query = unrun_summary(ex_ante, state, q_run, summary)
+    per_query[~state.run.any(-1)] = 0.0  # as estimate() sees a state with no answer
+    return np.concatenate([logit(ex_ante)[..., None], np.broadcast_to(per_query[:, None, :],
+                                                                      (n, R, per_query.shape[1]))], -1)
 
 
 def _pick_unrun(rng: np.random.Generator, unrun: np.ndarray, per_state: int) -> np.ndarray:
@@ -225,11 +226,12 @@ class Outcome:
 
 def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, scores: np.ndarray,
              costs: np.ndarray, lam: float, allowed: np.ndarray | None = None, bound: np.ndarray | None = None,
-             budget: float | None = None, depth: int = DEPTH, top_k: int = TOP_K,
+             budget: float | None = None, depth: int | None = None, top_k: int = TOP_K,
              context: np.ndarray | None = None) -> Outcome:
     """Cascade routing over n prompts at one λ: cost is the planner's (predicted, in λ's units); costs the
     recorded USD paid; with bound and budget every chosen set fits the budget by its upper-bound prices."""
     n, R = ex_ante.shape
+    depth = depth or est.depth
     state = AnswerState.empty(n, R)
     paid = np.zeros(n)
     committed = np.zeros(n)
@@ -237,10 +239,8 @@ def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answe
     for _ in range(depth):
         if not active.any():
             break
-        q, sigma = est.estimate(ex_ante, state, context)
         remaining = None if budget is None else budget - committed
-        step = plan_step(q, sigma, state.run, cost, lam, allowed, bound, remaining, depth, top_k,
-                         est.tau if est.posthoc else None)
+        step = decide(est, ex_ante, state, cost, lam, context, allowed, bound, remaining, depth, top_k)
         go = active & (step.next_rung >= 0)
         rows, rungs = np.flatnonzero(go), step.next_rung[go]
         state = state.with_answer(rows, rungs, answers.codes[rows, rungs], answers.lengths[rows, rungs])
@@ -256,7 +256,10 @@ def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answe
 
 # (σ multiplier, τ multiplier) tried on the held-out half of the out-of-fold training prompts: how much an
 # unrun rung's own answer and a second opinion are worth is where the normal model is least exact
-SPREAD_GRID = ((0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (0.1, 1.0), (0.25, 1.0), (0.25, 2.0), (0.5, 1.0), (1.0, 1.0))
+# depth 1 with no spread is one-call routing on the calibrated estimates: the special case the planner
+# falls back to when no cascade beats it on train
+SPREAD_GRID = ((0.0, 0.0, 1), (0.0, 0.5, 4), (0.0, 1.0, 4), (0.1, 1.0, 4), (0.25, 1.0, 4), (0.25, 2.0, 4), (0.5, 1.0, 4),
+               (1.0, 1.0, 4), (0.25, 1.0, 3), (1.0, 1.0, 3))
 
 
 @dataclass
@@ -277,7 +280,8 @@ def _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context) -> list
 
 def fit_for_benchmark(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, scores: np.ndarray,
                       costs: np.ndarray, context: np.ndarray, rungs: list[str], families: list[str], lambdas,
-                      dev_lambdas, aiq, route_curve, seed: int = 0, progress=lambda message: None) -> Fitted:
+                      dev_lambdas, aiq, route_curve, seed: int = 0, progress=lambda message: None,
+                      force: bool = False) -> Fitted:
     """Out-of-fold training rows only (ex_ante, cost in λ's units, …: [n, R], complete rows). One half fits
     the estimators, the other picks the spread multipliers and decides whether cascade routing beats
     one-call routing (route_curve(rows) → its points); then the estimators are refitted on every row."""
@@ -292,22 +296,25 @@ def fit_for_benchmark(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, s
     lo, hi = float(costs[pick_rows].mean(0).min()), float(costs[pick_rows].mean(0).max())
     sigma, tau = est.sigma.copy(), est.tau.copy()
     tried = {}
-    for gs, gt in SPREAD_GRID:
-        est.sigma, est.tau = sigma * gs, tau * gt
+    for gs, gt, depth in SPREAD_GRID:
+        est.sigma, est.tau, est.depth = sigma * gs, tau * gt, depth
         pts = _curve(est, ex_ante[pick_rows], cost[pick_rows], answers.rows(pick_rows), scores[pick_rows],
                      costs[pick_rows], dev_lambdas, context[pick_rows])
-        tried[(gs, gt)] = aiq([(c, q) for c, q, _ in pts], lo, hi)
-    (gs, gt), best = max(tried.items(), key=lambda kv: kv[1])
+        tried[(gs, gt, depth)] = aiq([(c, q) for c, q, _ in pts], lo, hi)
+    options = {k: v for k, v in tried.items() if k[2] > 1 or not force}  # force: a multi-rung cascade
+    (gs, gt, depth), best = max(options.items(), key=lambda kv: kv[1])
     routed = aiq([(c, q) for c, q, _ in route_curve(pick_rows)], lo, hi)
-    use = best > routed
+    use = force or (best > routed and depth > 1)
     progress(f"cascade routing: refitting on all {n} out-of-fold training prompts (σ×{gs:g}, τ×{gt:g})")
     final = fit_estimator(ex_ante, cost, answers, scores, rungs, families, lambdas, context, seed)
-    final.sigma, final.tau = final.sigma * gs, final.tau * gt
-    note = (f"post-hoc estimators fitted on {n} out-of-fold training prompts; spread σ×{gs:g}, τ×{gt:g} picked on "
-            f"the held-out half (AIQ {best:.4f}; one-call routing there {routed:.4f}): the router artefact "
-            f"{'plans with cascade routing' if use else 'keeps one-call routing'}")
-    return Fitted(final, use, note, {"spread_aiq": {f"sigma×{a:g},tau×{b:g}": v for (a, b), v in tried.items()},
-                                     "routing_aiq": routed, "sigma_mult": gs, "tau_mult": gt})
+    final.sigma, final.tau, final.depth = final.sigma * gs, final.tau * gt, depth
+    chosen = "one call (routing on the calibrated estimates)" if depth == 1 else f"σ×{gs:g}, τ×{gt:g}, depth {depth}"
+    note = (f"post-hoc estimators fitted on {n} out-of-fold training prompts; {chosen} picked on the held-out half "
+            f"(AIQ {best:.4f}; the routing model's one-call routes there {routed:.4f}): the router artefact "
+            f"{'plans with cascade routing' if use else 'keeps one-call routing'}{' (as asked)' if force else ''}")
+    return Fitted(final, use, note, {"spread_aiq": {f"sigma×{a:g},tau×{b:g},depth {d}": v
+                                                    for (a, b, d), v in tried.items()},
+                                     "routing_aiq": routed, "sigma_mult": gs, "tau_mult": gt, "depth": depth})
 
 
 def test_curves(est: QualityEstimator, ex_ante, cost, answers, scores, costs, lambdas, context
@@ -315,6 +322,6 @@ def test_curves(est: QualityEstimator, ex_ante, cost, answers, scores, costs, la
     """cascade-routing (post-hoc) and its ablation with ex-ante estimates only, on the test prompts."""
     out = {"cascade-routing": _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context)}
     ex = QualityEstimator(est.rungs, est.families, est.run_coef, est.run_bias, est.unrun_coef, est.unrun_bias,
-                          est.sigma, est.tau, posthoc=False, scale=est.scale)
+                          est.sigma, est.tau, posthoc=False, scale=est.scale, depth=max(est.depth, 2))
     out["cascade-routing/ex-ante"] = _curve(ex, ex_ante, cost, answers, scores, costs, lambdas, context)
     return out

@@ -239,7 +239,8 @@ def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progre
     cut = ctx.costs > bound
     scores = np.where(cut, 0.0, ctx.scores)
     paid_cost = np.minimum(ctx.costs, bound)
-    answers = crf.recorded_answers([bench.texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
+    texts = bench.texts
+    answers = crf.recorded_answers([texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
     answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths)
     singles = ctx.costs.mean(axis=0)
     top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
@@ -331,7 +332,10 @@ def route_result(name: str, ctx: Context, success: np.ndarray, note: str = "") -
 
 def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIES, encoder: str = MINILM,
              cache_dir: Path | str | None = None, artefact_dir: Path | str | None = None,
-             progress: Progress | None = None, max_test: int | None = None, seed: int = 0) -> dict:
+             progress: Progress | None = None, max_test: int | None = None, seed: int = 0,
+             artefact_policy: str = "auto") -> dict:
+    """artefact_policy: "auto" (cascade routing in the artefact when it beat one-call routing on train),
+    "cascade-routing" (always, with the best multi-rung setting on train) or "routing" (never)."""
     progress = progress or Progress()
     policies = list(dict.fromkeys(policies))
     unknown = [p for p in policies if p not in ALL_POLICIES]
@@ -431,7 +435,12 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
         results.append(frugal_result(ctx, enc, cache_dir, progress))
     fitted = None
     if {"cascade-routing", "cascade-routing/ex-ante"} & set(policies):
-        fitted, cr_results = cascade_routing_results(ctx, dev, progress, seed)
+        if artefact_policy not in ("auto", "cascade-routing", "routing"):
+            raise ConfigError(f"unknown artefact policy {artefact_policy!r}; auto, cascade-routing or routing",
+                              field="--artefact-policy")
+        fitted, cr_results = cascade_routing_results(ctx, dev, progress, seed, artefact_policy == "cascade-routing")
+        if fitted is not None and artefact_policy == "routing":
+            fitted.use = False
         results.extend(r for r in cr_results if r.name in policies)
         if fitted is not None and fitted.estimator is not None and not uniform_cost and "cascade-routing" in policies:
             from escalon.router.routing import lambda_for_threshold
@@ -457,7 +466,7 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
     return report
 
 
-def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int):
+def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, force: bool = False):
     """cascade-routing and its ex-ante ablation (offline/evaluation/cascade_routing_fit.py), every choice made on
     out-of-fold training rows before the test rows are read."""
     from escalon.offline.evaluation import cascade_routing_fit as crf
@@ -482,7 +491,7 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int):
     try:
         fitted = crf.fit_for_benchmark(oof.hybrid, oof.cost / scale, answers.rows(rows), bench.scores[rows],
                                        bench.costs[rows], oof.p_task, bench.rung_names(), ctx.families, LAMBDAS,
-                                       DEV_LAMBDAS, aiq, route_curve, seed, progress.step)
+                                       DEV_LAMBDAS, aiq, route_curve, seed, progress.step, force)
     except crf.NotFittable as exc:
         return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {exc}", applicable=False) for n in names]
     if fitted.estimator is None:
@@ -527,6 +536,7 @@ def frugal_result(ctx: Context, enc, cache_dir, progress: Progress) -> PolicyRes
     # recorded answer (335k on mmlu-pro-28) would take most of an hour on 2 cores. FrugalGPT's own scorer is a
     # fine-tuned DistilBERT; this is its cheap stand-in, fitted the same way (correct or not, per answer).
     answer_enc = make_encoder(STATIC)
+    texts = bench.texts
     progress.step(f"frugalgpt: embedding recorded answers with {answer_enc.name}, fitting the answer scorer")
     R = len(bench.models)
     train_ok, test_ok = answerable(bench, ctx.train), answerable(bench, ctx.test)
@@ -537,7 +547,7 @@ def frugal_result(ctx: Context, enc, cache_dir, progress: Progress) -> PolicyRes
     def feats(rows, ok):
         q, r = np.nonzero(ok)
         answers = [bench.responses[rows[i], j] for i, j in zip(q, r)]
-        xq = cached_encode(answer_enc, [bench.texts[rows[i]] for i in q], cache_dir) if len(q) else None
+        xq = cached_encode(answer_enc, [texts[rows[i]] for i in q], cache_dir) if len(q) else None
         xa = cached_encode(answer_enc, answers, cache_dir) if answers else None
         if xa is None:
             return q, r, np.zeros((0, 1))

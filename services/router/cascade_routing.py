@@ -82,34 +82,53 @@ def state_features(ex_ante: np.ndarray, state: AnswerState, cross_family: np.nda
     """Per (query, rung): the post-hoc features as if the rung ran ([n, R, len(RUN_FEATURES)]), and the
     cluster summary the unrun features use ([n, 4]: top weight, top share, distinct answers, all agree)."""
     run, codes = state.run, state.codes
+    n, R = codes.shape
     valid = run & (codes >= 0)
     s = np.clip(ex_ante, EPS, 1 - EPS)
-    same = (codes[:, :, None] == codes[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    others = valid[:, None, :] & ~np.eye(codes.shape[1], dtype=bool)[None]
+    # compare every rung with the few that ran (slots), not with all R: O(R·depth) instead of O(R²)
+    slots = max(int(run.sum(-1).max(initial=0)), 1)
+    order = np.argsort(~run, axis=1, kind="stable")[:, :slots]  # [n, D] rungs that ran, first
+    present = np.take_along_axis(run, order, 1)
+    codes_s = np.take_along_axis(codes, order, 1)
+    valid_s = present & (codes_s >= 0)
+    s_s = np.take_along_axis(s, order, 1)[:, None, :]  # [n, 1, D]
+    same = (codes[:, :, None] == codes_s[:, None, :]) & valid[:, :, None] & valid_s[:, None, :]
+    is_self = order[:, None, :] == np.arange(R)[None, :, None]
+    others = valid_s[:, None, :] & ~is_self
     agree = same & others
     disagree = others & ~same
-    sw = s[:, None, :]
     n_agree = agree.sum(-1)
-    w_agree = (agree * sw).sum(-1)
+    w_agree = (agree * s_s).sum(-1)
     n_dis = disagree.sum(-1)
-    w_dis = (disagree * sw).sum(-1)
-    cross = (agree & cross_family[None]).any(-1)
-    max_agree = np.where(agree, sw, 0).max(-1)
-    max_dis = np.where(disagree, sw, 0).max(-1)
+    w_dis = (disagree * s_s).sum(-1)
+    cross = (agree & cross_family[np.arange(R)[None, :, None], order[:, None, :]]).any(-1)
+    max_agree = np.where(agree, s_s, 0).max(-1)
+    max_dis = np.where(disagree, s_s, 0).max(-1)
     # clusters: the weight of the answer each rung gave, summed over the rungs that gave it
-    cluster_w = np.where(valid, (same * sw).sum(-1), 0.0)  # [n, R]: weight of rung i's cluster (incl. i)
+    cluster_w = np.where(valid, (same * s_s).sum(-1), 0.0)  # [n, R]: weight of rung i's cluster (incl. i)
     top_w = cluster_w.max(-1)
     in_top = valid & (cluster_w >= top_w[:, None] - 1e-12) & (top_w[:, None] > 0)
     n_run = run.sum(-1)
     cluster_n = np.where(valid, same.sum(-1), 0)
     top_share = cluster_n.max(-1) / np.maximum(n_run, 1)
-    distinct = np.array([len(set(c[v])) for c, v in zip(codes, valid)]) if len(codes) else np.zeros(0)
+    equal = (codes_s[:, :, None] == codes_s[:, None, :]) & valid_s[:, :, None] & valid_s[:, None, :]
+    earlier = np.tril(np.ones((slots, slots), bool), -1)[None]
+    distinct = (valid_s & ~(equal & earlier).any(-1)).sum(-1)
     agree_all = (n_run >= 2) & (top_share >= 1.0 - 1e-12)
     log_len = np.log1p(state.lengths) / 10.0
     run_x = np.stack([logit(s), n_agree, w_agree, n_dis, w_dis, cross, log_len, in_top, max_agree, max_dis,
                       np.broadcast_to((n_run - 1)[:, None], s.shape)], axis=-1).astype(float)
     summary = np.stack([top_w, top_share, distinct, agree_all], axis=-1).astype(float)
     return run_x, summary
+
+
+def unrun_summary(ex_ante: np.ndarray, state: AnswerState, q_run: np.ndarray, summary: np.ndarray) -> np.ndarray:
+    """What an unrun rung's estimate sees of the answers so far ([n, len(UNRUN_FEATURES) − 1])."""
+    n_run = state.run.sum(-1).astype(float)
+    best_run = np.where(state.run, q_run, -np.inf).max(-1)
+    best_run = np.where(np.isfinite(best_run), best_run, 0.0)
+    mean_s = np.where(state.run, ex_ante, 0).sum(-1) / np.maximum(n_run, 1)
+    return np.stack([n_run, summary[:, 0], summary[:, 1], summary[:, 2], best_run, mean_s, summary[:, 3]], axis=-1)
 
 
 @dataclass
@@ -128,6 +147,7 @@ class QualityEstimator:
     # run rung's estimate moves when k more rungs answer (what a second opinion is worth)
     posthoc: bool = True
     scale: dict = field(default_factory=dict)  # feature means/stds, applied before the coefficients
+    depth: int = DEPTH  # most rungs per query (1: one-call routing on the calibrated estimates)
 
     @property
     def cross_family(self) -> np.ndarray:
@@ -141,20 +161,18 @@ class QualityEstimator:
         n, R = ex_ante.shape
         d = np.minimum(state.run.sum(-1), DEPTH - 1)
         sigma = self.sigma[d]  # [n, R]
-        if not self.posthoc or not state.run.any():  # nothing answered yet: the ex-ante estimates stand
+        if not self.posthoc:
             return ex_ante.copy(), np.where(state.run, 0.0, sigma)
-        run_x, summary = state_features(ex_ante, state, self.cross_family)
-        q_run = self._apply(run_x, self.run_coef, self.run_bias, "run", context)
-        best_run = np.where(state.run, q_run, -np.inf).max(-1)
-        best_run = np.where(np.isfinite(best_run), best_run, 0.0)
-        n_run = state.run.sum(-1).astype(float)
-        mean_s = np.where(state.run, ex_ante, 0).sum(-1) / np.maximum(n_run, 1)
-        per_query = np.stack([n_run, summary[:, 0], summary[:, 1], summary[:, 2], best_run, mean_s,
-                              summary[:, 3]], axis=-1)
-        unrun_x = np.concatenate([logit(ex_ante)[..., None], np.broadcast_to(per_query[:, None, :], (n, R, 7))],
-                                 axis=-1)
+        if not state.run.any():  # nothing answered yet: the ex-ante estimates, calibrated by the unrun model
+            per_query = np.zeros((n, len(UNRUN_FEATURES) - 1))
+            q_run = np.zeros((n, R))
+        else:
+            run_x, summary = state_features(ex_ante, state, self.cross_family)
+            q_run = self._apply(run_x, self.run_coef, self.run_bias, "run", context)
+            per_query = unrun_summary(ex_ante, state, q_run, summary)
+        unrun_x = np.concatenate([logit(ex_ante)[..., None], np.broadcast_to(per_query[:, None, :],
+                                                                             (n, R, per_query.shape[1]))], axis=-1)
         q_unrun = self._apply(unrun_x, self.unrun_coef, self.unrun_bias, "unrun", context)
-        q_unrun = np.where((n_run > 0)[:, None], q_unrun, ex_ante)  # nothing ran: the ex-ante estimate
         q = np.where(state.run, q_run, q_unrun)
         return q, np.where(state.run, 0.0, sigma)
 
@@ -173,7 +191,7 @@ class QualityEstimator:
     def to_dict(self) -> dict:
         return {"rungs": self.rungs, "families": self.families, "run_coef": self.run_coef.tolist(),
                 "run_bias": self.run_bias, "unrun_coef": self.unrun_coef.tolist(), "unrun_bias": self.unrun_bias,
-                "sigma": self.sigma.tolist(), "tau": self.tau.tolist(), "posthoc": self.posthoc,
+                "sigma": self.sigma.tolist(), "tau": self.tau.tolist(), "posthoc": self.posthoc, "depth": self.depth,
                 "scale": {k: [list(map(float, m)), list(map(float, s))] for k, (m, s) in self.scale.items()},
                 "features": {"run": list(RUN_FEATURES), "unrun": list(UNRUN_FEATURES)}}
 
@@ -185,7 +203,8 @@ class QualityEstimator:
         return cls(list(data["rungs"]), list(data["families"]), np.array(data["run_coef"], float),
                    float(data["run_bias"]), np.array(data["unrun_coef"], float), float(data["unrun_bias"]),
                    np.array(data["sigma"], float), np.array(data["tau"], float), bool(data.get("posthoc", True)),
-                   {k: (np.array(m), np.array(s)) for k, (m, s) in data.get("scale", {}).items()})
+                   {k: (np.array(m), np.array(s)) for k, (m, s) in data.get("scale", {}).items()},
+                   int(data.get("depth", DEPTH)))
 
 
 def expected_max(base: np.ndarray, mu: np.ndarray, sigma: np.ndarray, member: np.ndarray,
@@ -274,6 +293,16 @@ def plan_step(q: np.ndarray, sigma: np.ndarray, run: np.ndarray, cost: np.ndarra
     return Step(nxt, value[np.arange(n), best], best_sets)
 
 
+def decide(est: QualityEstimator, ex_ante: np.ndarray, state: AnswerState, cost: np.ndarray, lam: float,
+           context: np.ndarray | None = None, allowed: np.ndarray | None = None, bound: np.ndarray | None = None,
+           remaining: np.ndarray | None = None, depth: int | None = None, top_k: int = TOP_K) -> Step:
+    """The next rung (or stop) for n queries, by the estimator's planner."""
+    depth = depth or est.depth
+    q, sigma = est.estimate(ex_ante, state, context)
+    return plan_step(q, sigma, state.run, cost, lam, allowed, bound, remaining, depth, top_k,
+                     est.tau if est.posthoc else None)
+
+
 def choose_answer(q: np.ndarray, run: np.ndarray) -> np.ndarray:
     """The run rung with the highest post-hoc estimate, per query (−1 where nothing ran)."""
     masked = np.where(run, q, -np.inf)
@@ -286,7 +315,7 @@ class Stepper:
     `best()`. The arrays are those `escalon eval` simulates with (n = 1), so both take the same decisions."""
 
     def __init__(self, estimator: QualityEstimator, names: list[str | None], ex_ante: np.ndarray, cost: np.ndarray,
-                 lam: float, context: np.ndarray | None = None, depth: int = DEPTH, top_k: int = TOP_K) -> None:
+                 lam: float, context: np.ndarray | None = None, depth: int | None = None, top_k: int = TOP_K) -> None:
         """names: per artefact column, the routed rung serving it (None: not routed here, never run)."""
         self.estimator = estimator
         self.names = names
@@ -294,7 +323,7 @@ class Stepper:
         self.cost = cost[None, :].astype(float)
         self.lam = lam
         self.context = None if context is None else context[None, :]
-        self.depth, self.top_k = depth, top_k
+        self.depth, self.top_k = depth or estimator.depth, top_k
         self.allowed = np.array([n is not None for n in names])[None, :]
         self.state = AnswerState.empty(1, len(names))
         self.keys: dict[str, int] = {}
@@ -315,9 +344,8 @@ class Stepper:
     def next(self) -> str | None:
         if int(self.state.run.sum()) >= self.depth:
             return None
-        q, sigma = self.estimator.estimate(self.ex_ante, self.state, self.context)
-        step = plan_step(q, sigma, self.state.run, self.cost, self.lam, self.allowed, self.bound, self.remaining,
-                         self.depth, self.top_k, self.estimator.tau if self.estimator.posthoc else None)
+        step = decide(self.estimator, self.ex_ante, self.state, self.cost, self.lam, self.context, self.allowed,
+                      self.bound, self.remaining, self.depth, self.top_k)
         self.last_value, self.last_set = float(step.value[0]), step.best_set[0]
         column = int(step.next_rung[0])
         return None if column < 0 else self.names[column]
