@@ -62,6 +62,7 @@ class RateLimiter:
                                      implementation="redispy") if redis_url else storage.MemoryStorage()
         self._limiter = strategies.MovingWindowRateLimiter(store)
         self._items: dict[str, Any] = {}
+        self.degraded = ""
 
     async def hit(self, key: KeyRecord) -> None:
         if not key.rate_limit:
@@ -70,7 +71,18 @@ class RateLimiter:
 
         items = self._items.get(key.rate_limit) or self._items.setdefault(key.rate_limit, parse_many(key.rate_limit))
         for item in items:
-            if not await self._limiter.hit(item, "key", key.key_id):
+            try:
+                allowed = await self._limiter.hit(item, "key", key.key_id)
+            except Exception as exc:  # noqa: BLE001 - Redis away: routes go on (budgets still hold), said once
+                if not self.degraded:
+                    log.warning("rate limits not enforced: the limit store does not answer (%s: %s)",
+                                type(exc).__name__, exc)
+                self.degraded = f"{type(exc).__name__}: {exc}"
+                return
+            if self.degraded:
+                log.warning("rate limits enforced again: the limit store answers")
+                self.degraded = ""
+            if not allowed:
                 stats = await self._limiter.get_window_stats(item, "key", key.key_id)
                 wait = max(0.0, stats.reset_time - time.time())
                 raise RateLimited(f"key {key.key_id} (tenant {key.tenant}) is over its rate limit of {item}; "
@@ -128,7 +140,13 @@ class Gate:
         cached = self._cache.get(key_id)
         if cached and now - cached[0] < self.settings.key_cache_s:
             return cached[1]
-        record = await asyncio.to_thread(lambda: get_key(self._engine(), key_id))
+        try:
+            record = await asyncio.to_thread(lambda: get_key(self._engine(), key_id))
+        except Exception as exc:  # noqa: BLE001 - the database is away: a key seen before stays trusted
+            if cached:
+                return cached[1]
+            raise NotReady(f"cannot check API key {key_id}: the key database does not answer "
+                           f"({type(exc).__name__}); retry shortly") from None
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key_id] = (now, record)

@@ -50,3 +50,35 @@ async def test_a_key_gets_its_rate_across_replicas_only_with_redis(tmp_path, sha
     # six calls spread over two replicas: shared, 3 pass in all; in-process, each replica lets 3 through
     assert await _admitted(gates, key, 6) == (3 if shared else 6)
     engine.dispose()
+
+
+async def test_with_the_database_away_known_keys_still_pass_and_unknown_ones_are_told_to_retry(tmp_path):
+    db = DatabaseSettings(data_dir=tmp_path, key_cache_s=0)
+    engine = LazyDatabase(db.database_url)
+    _, known = create_key(engine(), tenant="acme")
+    _, other = create_key(engine(), tenant="acme")
+    gate = Gate(db, engine, service="router")
+    await gate.start()
+    assert (await gate.check((("authorization", f"Bearer {known}"),), "route")).tenant == "acme"
+
+    def away():
+        raise ConnectionError("database restarting")
+
+    gate._engine = away
+    assert (await gate.check((("authorization", f"Bearer {known}"),), "route")).tenant == "acme"
+    from escalon.auth import NotReady
+
+    with pytest.raises(NotReady, match="does not answer"):
+        await gate.check((("authorization", f"Bearer {other}"),), "route")
+    engine.dispose()
+
+
+async def test_a_limit_store_that_does_not_answer_lets_routes_through(tmp_path, caplog):
+    db = DatabaseSettings(data_dir=tmp_path, redis_url="redis://127.0.0.1:9/0")
+    engine = LazyDatabase(db.database_url)
+    _, key = create_key(engine(), tenant="acme", rate_limit="1/minute")
+    gate = Gate(db, engine, service="router")
+    await gate.start()
+    assert await _admitted([gate], key, 3) == 3
+    assert gate.limiter.degraded and sum("rate limits not enforced" in r.getMessage() for r in caplog.records) == 1
+    engine.dispose()
