@@ -30,6 +30,7 @@ from escalon.distill.settings import DistillSettings
 from escalon.gateway.app import create_app
 from escalon.gateway.settings import GatewaySettings
 from escalon.gen.distill.v1 import distill_pb2, distill_pb2_grpc
+from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import running_server
 from escalon.judge.servicer import JudgeService
 from escalon.judge.settings import JudgeSettings
@@ -105,6 +106,10 @@ async def test_every_service_serves_metrics_that_parse(tmp_path):
                 "model": "escalon/auto", "messages": [{"role": "user", "content": DEMO_PROMPT}]})
             assert reply.status_code == 200, reply.text
             assert (await http.get("/v1/no-such-route")).status_code == 404
+        async with grpc.aio.insecure_channel(router.address) as channel:  # a refusal is counted with its code
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(prompt=" "), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         async with grpc.aio.insecure_channel(distill.address) as channel:
             params = struct_pb2.Struct()
             params.update({"benchmark": str(default.get("gpt-4").benchmark)})
@@ -126,6 +131,10 @@ async def test_every_service_serves_metrics_that_parse(tmp_path):
     route_calls = value(rpc, "rpc_server_call_duration_seconds_count", rpc_service="escalon.router.v1.RouterService",
                         rpc_grpc_status_code="OK")
     assert route_calls >= 1
+    assert value(rpc, "rpc_server_call_duration_seconds_count", rpc_service="escalon.router.v1.RouterService",
+                 rpc_method="Route", rpc_grpc_status_code="INVALID_ARGUMENT") == 1
+    active = scraped["router"]["escalon_rpc_server_active_calls"]
+    assert value(active, "escalon_rpc_server_active_calls", rpc_method="Route") == 0  # every call ended
     assert value(rpc, "rpc_server_call_duration_seconds_count", rpc_service="escalon.serving.v1.ModelServingService",
                  rpc_method="Generate", rpc_grpc_status_code="OK") >= 2  # the cheap rung, then the escalation
     assert value(rpc, "rpc_server_call_duration_seconds_count",
