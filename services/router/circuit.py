@@ -61,6 +61,7 @@ class RungBreakers:
     def allow(self, rung: Rung) -> bool:
         """May a request try this rung now? Half-open admits one trial at a time."""
         state = self.state(rung)
+        metrics().circuit.labels(rung.name).set(CIRCUIT_STATES[state])  # the gauge follows what requests see
         if state == CLOSED:
             return True
         if state == OPEN:
@@ -97,6 +98,8 @@ class RungBreakers:
 
     def why(self, rung: Rung) -> str:
         s = self._state(rung.name)
+        if self.state(rung) == HALF_OPEN:
+            return f"circuit half-open after {s.failures} failures (last: {s.last_error or 'unknown'}); a trial is in flight"
         return (f"circuit open after {s.failures} failure{'s' if s.failures != 1 else ''} in a row "
                 f"(last: {s.last_error or 'unknown'}); cools down in {self.remaining_s(rung):.0f}s")
 

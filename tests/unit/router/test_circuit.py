@@ -50,6 +50,7 @@ def test_half_open_admits_one_trial_and_a_failed_trial_doubles_the_cooldown_up_t
     clock.now = 10
     assert b.state(SMALL) == HALF_OPEN
     assert b.allow(SMALL) and not b.allow(SMALL)  # one trial at a time
+    assert "half-open after 2 failures (last: x); a trial is in flight" in b.why(SMALL)
     b.failure(SMALL, "x")
     clock.now = 29.9
     assert b.state(SMALL) == OPEN  # 20 s now
