@@ -222,6 +222,7 @@ class Outcome:
     paid: np.ndarray  # [n] recorded cost of every rung run
     calls: np.ndarray  # [n] rungs run
     answered_by: np.ndarray  # [n] the rung whose answer was returned
+    confidence: np.ndarray  # [n] its post-hoc estimate: the planner's judgement of the answer it returns
 
 
 def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, scores: np.ndarray,
@@ -251,7 +252,8 @@ def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answe
     q, _ = est.estimate(ex_ante, state, context)
     pick = choose_answer(q, state.run)
     got = np.where(pick >= 0, scores[np.arange(n), np.maximum(pick, 0)], 0.0)
-    return Outcome(got, paid, state.run.sum(-1).astype(float), pick)
+    confidence = np.where(pick >= 0, q[np.arange(n), np.maximum(pick, 0)], 0.0)
+    return Outcome(got, paid, state.run.sum(-1).astype(float), pick, confidence)
 
 
 # (σ multiplier, τ multiplier) tried on the held-out half of the out-of-fold training prompts: how much an
@@ -270,11 +272,19 @@ class Fitted:
     dev: dict
 
 
-def _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context) -> list[tuple[float, float, float]]:
+def _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context, judged: list | None = None
+           ) -> list[tuple[float, float, float]]:
+    """(mean cost, mean quality, calls) per λ; judged (optional) collects (mean cost, AUROC of the returned
+    answers' post-hoc estimates against their recorded correctness, mean calls) per λ."""
+    from sklearn.metrics import roc_auc_score
+
     points = []
     for lam in lambdas:
         o = simulate(est, ex_ante, cost, answers, scores, costs, lam, context=context)
         points.append((float(o.paid.mean()), float(o.quality.mean()), float(o.calls.mean())))
+        right = o.quality >= 0.5
+        if judged is not None and 0 < right.sum() < len(right):
+            judged.append((float(o.paid.mean()), float(roc_auc_score(right, o.confidence)), float(o.calls.mean())))
     return points
 
 
@@ -320,7 +330,9 @@ def fit_for_benchmark(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, s
 def test_curves(est: QualityEstimator, ex_ante, cost, answers, scores, costs, lambdas, context
                 ) -> dict[str, list[tuple[float, float, float]]]:
     """cascade-routing (post-hoc) and its ablation with ex-ante estimates only, on the test prompts."""
-    out = {"cascade-routing": _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context)}
+    judged: list = []
+    out = {"cascade-routing": _curve(est, ex_ante, cost, answers, scores, costs, lambdas, context, judged),
+           "judged": judged}
     ex = QualityEstimator(est.rungs, est.families, est.run_coef, est.run_bias, est.unrun_coef, est.unrun_bias,
                           est.sigma, est.tau, posthoc=False, scale=est.scale, depth=max(est.depth, 2))
     out["cascade-routing/ex-ante"] = _curve(ex, ex_ante, cost, answers, scores, costs, lambdas, context)

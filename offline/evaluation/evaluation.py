@@ -500,6 +500,14 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, fo
     progress.step("cascade routing: λ sweep on the test prompts (post-hoc and ex-ante estimates)")
     curves = crf.test_curves(fitted.estimator, ctx.pred.hybrid, ctx.pred.cost / scale, answers.rows(ctx.test),
                              ctx.scores, ctx.costs, LAMBDAS, ctx.pred.p_task)
+    best = int(np.argmax(ctx.scores.mean(axis=0)))
+    quarter = 0.25 * float(ctx.costs.mean(axis=0)[best])
+    judged = curves.pop("judged")
+    if judged:
+        c, auroc, calls = min(judged, key=lambda p: abs(np.log(max(p[0], 1e-12) / quarter)))
+        fitted.dev["judged_auroc"] = [{"cost_usd": a, "auroc": b, "calls_per_query": n} for a, b, n in judged]
+        fitted.note += (f"; its post-hoc estimate of the answer it returns, as a judge: AUROC {auroc:.3f} at "
+                        f"${c:.2g} a query ({calls:.2f} calls; evidence: the answers it bought anyway)")
     notes = {"cascade-routing": fitted.note,
              "cascade-routing/ex-ante": "ablation: the same planner with ex-ante estimates only (answers seen "
                                         "change no estimate)"}
