@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import sqlalchemy.exc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from escalon.auth import Gate, KeyInterceptor
@@ -53,6 +54,12 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 class BrokerUnavailable(EscalonError):
     """The broker did not take the job's message. The job is stored: submitting the same id again publishes it
     (and a worker's reaper publishes it after a lease period)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StoreUnavailable(EscalonError):
+    """The job store's database cannot be reached; jobs already stored are safe, the call can be retried."""
 
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -115,6 +122,16 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         if self._keys is not None:
             self._keys.dispose()
 
+    async def _stored(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A job store call on a worker thread; the database being away is UNAVAILABLE (retry), not INTERNAL.
+        The driver's message names the database host, so the caller gets the kind of error only."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            log.warning("job store unreachable in %s: %s", getattr(fn, "__name__", "a call"), clip(str(exc), 200))
+            raise StoreUnavailable(f"the job store's database does not answer ({type(exc).__name__}); "
+                                   "retry shortly") from None
+
     async def _on_broker(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
@@ -136,7 +153,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
         if queue not in QUEUES:
             raise InvalidInput(f"unknown queue {shown(queue)}; use one of {', '.join(QUEUES)}", field="queue")
         stored_params = params.model_dump(mode="json")
-        job, created = await asyncio.to_thread(
+        job, created = await self._stored(
             self.store.create_if_absent, job_id, kind=kind.name, queue=queue, params=stored_params
         )
         if not created and (job.kind, job.queue, job.params) != (kind.name, queue, stored_params):
@@ -160,7 +177,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
                 "submit the same id again to retry",
                 field="job_id",
             ) from None
-        await asyncio.to_thread(self.store.mark_enqueued, job.job_id)
+        await self._stored(self.store.mark_enqueued, job.job_id)
 
     async def GetJob(self, request: distill_pb2.GetJobRequest, context: Any) -> distill_pb2.GetJobResponse:
         return distill_pb2.GetJobResponse(job=to_proto(await self._get(request.job_id)))
@@ -189,7 +206,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
                 raise InvalidInput(f"unknown state {request.state}", field="state")
             state = _FROM_PB[request.state]
         try:
-            page = await asyncio.to_thread(
+            page = await self._stored(
                 self.store.list, page_size=page_size, page_token=request.page_token, state=state, kind=request.kind
             )
         except ValueError as exc:
@@ -198,7 +215,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
 
     async def CancelJob(self, request: distill_pb2.CancelJobRequest, context: Any) -> distill_pb2.CancelJobResponse:
         _require_id(request.job_id)
-        job = await asyncio.to_thread(self.store.request_cancel, request.job_id)
+        job = await self._stored(self.store.request_cancel, request.job_id)
         if job is None:
             raise NotFound(f"no job with id {shown(request.job_id)}", field="job_id")
         if job.cancel_requested and self.app.conf.worker_enable_remote_control:
@@ -210,7 +227,7 @@ class DistillService(distill_pb2_grpc.DistillServiceServicer):
 
     async def _get(self, job_id: str) -> Job:
         _require_id(job_id)
-        job = await asyncio.to_thread(self.store.get, job_id)
+        job = await self._stored(self.store.get, job_id)
         if job is None:
             raise NotFound(f"no job with id {shown(job_id)}", field="job_id")
         return job
