@@ -395,7 +395,8 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
         probe, probe_note = decide_probe(model, bench, train[dev.rows[decide_part]],
                                          dev_pred.rows(decide_part), families, weights, progress)
     notes.append(f"hybrid familiarity: {model.familiarity.why}")
-    notes.append(f"hybrid+cascade probes: {probe_note}")
+    if "hybrid+cascade" in policies:
+        notes.append(f"hybrid+cascade probes: {probe_note}")
 
     results: list[PolicyResult] = []
     singles = baselines.single_points(ctx.scores, ctx.costs)
@@ -480,6 +481,12 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, fo
     train_rows = ctx.train[dev.rows]
     complete = ~np.isnan(bench.scores[train_rows]).any(axis=1) & ~np.isnan(bench.costs[train_rows]).any(axis=1)
     rows, oof = train_rows[complete], dev.prediction.rows(np.flatnonzero(complete))
+    unseen = [m for j, m in enumerate(bench.models) if np.isnan(bench.scores[train_rows, j]).all()]
+    if unseen:
+        why = (f"{', '.join(unseen)} answer{'s' if len(unseen) == 1 else ''} none of the training prompts of "
+               f"{bench.path}: post-hoc estimates need every rung's training answers (drop those models or add "
+               "their rows)")
+        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {why}", applicable=False) for n in names]
     answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models))
     scale = model.cost_scale
 

@@ -183,3 +183,25 @@ def test_the_routers_cascade_runs_the_stepper_over_replay_rungs(synthetic, estim
 
     result, query = asyncio.run(one())
     assert result.total_cost_usd <= query.max_cost_usd
+
+
+def test_a_model_with_no_training_answers_is_named(tmp_path):
+    from escalon.offline.evaluation.evaluation import evaluate
+    from escalon.offline.evaluation.synthetic import synthetic_frame
+
+    frame = synthetic_frame(n=120)
+    frame = frame[~((frame.model == "otherlab/mid") & (frame.split == "train"))]
+    frame.to_parquet(tmp_path / "b.parquet")
+    report = evaluate(tmp_path / "b.parquet", encoder="hashing-trigram-256", cache_dir=None,
+                      policies=["hybrid", "cascade-routing"])
+    note = report["policies"]["cascade-routing"]["note"]
+    assert "otherlab/mid answers none of the training prompts" in note and "b.parquet" in note
+    assert report["policies"]["hybrid"]["aiq"] is not None  # the rest of the report stands
+
+
+def test_without_recorded_answers_cascade_routing_says_why(tmp_path):
+    from escalon.offline.evaluation.evaluation import evaluate
+
+    path = write_synthetic(tmp_path / "b.parquet", n=90, responses=False)
+    report = evaluate(path, encoder="hashing-trigram-256", cache_dir=None, policies=["cascade-routing"])
+    assert "no recorded responses" in report["policies"]["cascade-routing"]["note"]
