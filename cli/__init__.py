@@ -75,11 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Benchmark in one run: the gRPC floor, the routing decision, and a whole "
                                        "two-rung judged cascade through real services with replay rungs at 1, 10 "
                                        "and 100 concurrent clients (p50, p99, throughput, ratio to the floor).")
-    bench.add_argument("suite", nargs="?", default="overhead", choices=["overhead", "distill", "tenancy"],
+    bench.add_argument("suite", nargs="?", default="overhead",
+                       choices=["overhead", "distill", "tenancy", "operability"],
                        help="overhead (default): the serving/routing benchmark above; distill: UNDO vs one-shot "
                             "distillation of SmolLM2-135M on a checkable task (escalon.offline.bench.distill); "
                             "tenancy: route log overhead at 100 req/s, routes lost across a database restart, "
-                            "a budget under 20 concurrent clients (escalon.offline.bench.tenancy)")
+                            "a budget under 20 concurrent clients (escalon.offline.bench.tenancy); operability: "
+                            "metrics on vs off at 100 req/s, a remote rung killed mid-load "
+                            "(escalon.offline.bench.operability; python -m it for its own options)")
     bench.add_argument("--requests", type=int, default=1000, help="requests per measurement [default: 1000]")
     bench.add_argument("--out", type=Path, help="also write the figures as JSON here")
     from escalon.offline.bench.distill import add_arguments as add_distill_arguments
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         from escalon.offline.bench.tenancy import main as tenancy_bench_main
 
         sys.exit(tenancy_bench_main(args.requests, args.out))
+    if args.command == "bench" and args.suite == "operability":
+        from escalon.offline.bench.operability import main as operability_main
+
+        sys.exit(operability_main(["all", "--requests", str(args.requests), *(["--out", str(args.out)] if args.out else [])]))
     if args.command == "bench":
         from escalon.offline.bench.latency import main as bench_main
 

@@ -3,7 +3,8 @@
   metrics    the two-rung replay cascade (router → serving → judge, each its own process, as `escalon bench`
              runs it) at a fixed arrival rate, with every instrument recording and each service's /metrics
              scraped every second, against the same stack with ESCALON_METRICS=off; alternated `--rounds`
-             times so that the neighbours' load on a shared machine falls on both alike. p50 and p99 per round.
+             times so that the neighbours' load on a shared machine falls on both alike. p50 and p99 per round,
+             and the CPU the three processes spent per route (less sensitive to the neighbours than latency).
   rung kill  a cheap remote rung (the OpenAI-compatible backend against a provider on 127.0.0.1 run by this
              process) before the replay gpt-4 rung, under load at a fixed rate; after `--kill-after` seconds the
              provider stops (refused connections), or, with --hang, stops answering. Figures: client errors, and
@@ -116,17 +117,32 @@ async def metrics_overhead(rate_rps: float, requests: int, rounds: int) -> dict[
                             await stub.Route(request, timeout=30)
                         if metrics_ports:
                             scraper.thread.start()
+                        cpu_before = _cpu_seconds(stack)
                         latencies, results, _ = await _open_loop(lambda: stub.Route(request, timeout=30),
                                                                  rate_rps=rate_rps, requests=requests)
+                        cpu_ms_per_route = (_cpu_seconds(stack) - cpu_before) * 1000 / requests
                 finally:
                     scraper.stop.set()
                     await stop_stack(stack)
                 errors = sum(isinstance(r, Exception) for r in results)
                 figures[mode].append({"p50_ms": statistics.median(latencies), "p99_ms": _percentile(latencies, 0.99),
-                                      "errors": errors, "scrapes": scraper.scrapes, "scrape_bytes": scraper.bytes})
-    summary = {mode: {"p50_ms": statistics.median(f["p50_ms"] for f in rows),
-                      "p99_ms": statistics.median(f["p99_ms"] for f in rows)} for mode, rows in figures.items()}
+                                      "cpu_ms_per_route": cpu_ms_per_route, "errors": errors,
+                                      "scrapes": scraper.scrapes, "scrape_bytes": scraper.bytes})
+    summary = {mode: {key: statistics.median(f[key] for f in rows) for key in ("p50_ms", "p99_ms", "cpu_ms_per_route")}
+               for mode, rows in figures.items()}
     return {"rate_rps": rate_rps, "requests_per_round": requests, "rounds": figures, "median_of_rounds": summary}
+
+
+def _cpu_seconds(stack: Stack) -> float:
+    """User + system CPU the stack's processes used so far: what the services spend, whatever the neighbours do
+    to the latencies on a shared machine."""
+    import psutil
+
+    total = 0.0
+    for child in stack.children:
+        times = psutil.Process(child.process.pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 class _Provider:
