@@ -52,11 +52,13 @@ def _routers_stack(scratch: Path):  # noqa: ANN202
     return stack, f"127.0.0.1:{off}", f"127.0.0.1:{on}"
 
 
-async def logging_overhead(requests: int, rate_rps: float = 100.0, blocks: int = 4) -> dict[str, Any]:
+async def logging_overhead(requests: int, rate_rps: float = 100.0, blocks: int = 4,
+                           control: bool = False) -> dict[str, Any]:
+    """control: both routers unlogged (an A/A run: how far the machine's load alone moves the difference)."""
     with tempfile.TemporaryDirectory() as scratch:
         stack, off, on = _routers_stack(Path(scratch))
         # one env for all children; the unlogged router is told apart by its own variable below
-        stack.env["ESCALON_ROUTE_LOG"] = "true"
+        stack.env["ESCALON_ROUTE_LOG"] = "false" if control else "true"
         stack.children[-2].args = ["env", "ESCALON_ROUTE_LOG=false", *stack.children[-2].args]
         try:
             await start_stack(stack, timeout_s=180, echo=lambda *_: None, collect_traces=False)
