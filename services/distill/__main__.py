@@ -60,7 +60,15 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_main("escalon-distill", DistillSettings, _start, description=DESCRIPTION, argv=argv,
-                    arguments=_arguments, epilog=EXAMPLES)
+                    arguments=_arguments, epilog=EXAMPLES + "\n\n" + _database_help())
+
+
+def _database_help() -> str:
+    from escalon.config import settings_help
+    from escalon.db.settings import DatabaseSettings
+
+    return ("API keys (scope jobs) and the route log's retention (escalon.db, docs/tenancy.md):\n"
+            + settings_help(DatabaseSettings).split("\n", 1)[1])
 
 
 def _start(settings: DistillSettings, args: argparse.Namespace) -> None:

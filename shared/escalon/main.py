@@ -81,12 +81,12 @@ def follow_parent() -> None:
 
 
 def run_service(name: str, settings_cls: type[S], factory: Callable[[S], Service], argv: list[str] | None = None,
-                *, description: str = "") -> int:
+                *, description: str = "", epilog: str = "") -> int:
     """A gRPC service: build it from its settings, then the shared bootstrap (escalon.grpc) until SIGTERM."""
 
     def start(settings: S, args: argparse.Namespace) -> None:
         service = factory(settings)
         asyncio.run(serve(service, settings, name))
 
-    return main(name, settings_cls, start, argv=argv, description=description or
+    return main(name, settings_cls, start, argv=argv, epilog=epilog, description=description or
                 f"Start the {name} gRPC service (health, reflection, tracing; stops gracefully on SIGTERM).")
