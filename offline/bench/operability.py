@@ -133,6 +133,56 @@ async def metrics_overhead(rate_rps: float, requests: int, rounds: int) -> dict[
     return {"rate_rps": rate_rps, "requests_per_round": requests, "rounds": figures, "median_of_rounds": summary}
 
 
+async def inprocess_overhead(requests: int, rounds: int) -> dict[str, Any]:
+    """CPU per route with every instrument recording vs none, the three services in this one process (real gRPC on
+    loopback, replay rungs), routes sent one at a time: process CPU time does not count what neighbours run."""
+    import contextlib
+
+    import escalon.metrics as metrics_module
+    from escalon.grpc import running_server
+    from escalon.judge.servicer import JudgeService
+    from escalon.judge.settings import JudgeSettings
+    from escalon.registry import Catalogue
+    from escalon.router.servicer import RouterService
+    from escalon.router.settings import RouterSettings
+    from escalon.serving.servicer import ServingService
+    from escalon.serving.settings import ServingSettings
+
+    default = load_catalogue()
+    catalogue = Catalogue(rungs=[default.get("mixtral-8x7b"), default.get("gpt-4")])
+    request = router_pb2.RouteRequest(prompt=DEMO_PROMPT)
+    per_route: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(rounds):
+        for mode in ("on", "off"):
+            metrics_module._metrics = metrics_module.Metrics() if mode == "on" else metrics_module.NullMetrics()
+            with tempfile.TemporaryDirectory() as scratch:
+                async with contextlib.AsyncExitStack() as stack:
+                    serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=Path(scratch))
+                    serving = await stack.enter_async_context(running_server(
+                        ServingService(serving_settings, catalogue), serving_settings, "escalon-serving"))
+                    judge_settings = JudgeSettings(port=0)
+                    judge = await stack.enter_async_context(
+                        running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
+                    router_settings = RouterSettings(port=0, serving_address=serving.address,
+                                                     judge_address=judge.address, data_dir=Path(scratch))
+                    router = await stack.enter_async_context(running_server(
+                        RouterService(router_settings, catalogue), router_settings, "escalon-router"))
+                    channel = await stack.enter_async_context(grpc.aio.insecure_channel(router.address))
+                    stub = router_pb2_grpc.RouterServiceStub(channel)
+                    for _ in range(30):
+                        await stub.Route(request, timeout=30)
+                    started = time.process_time()
+                    for _ in range(requests):
+                        await stub.Route(request, timeout=30)
+                    per_route[mode].append((time.process_time() - started) * 1000 / requests)
+    metrics_module._metrics = None
+    on, off = statistics.median(per_route["on"]), statistics.median(per_route["off"])
+    # Each round's on and off run back to back: their difference cancels the drift of a shared machine.
+    paired = statistics.median(a - b for a, b in zip(per_route["on"], per_route["off"]))
+    return {"requests_per_round": requests, "cpu_ms_per_route": per_route,
+            "median": {"on": on, "off": off, "overhead_ms_paired": paired, "overhead_share": paired / off}}
+
+
 def _cpu_seconds(stack: Stack) -> float:
     """User + system CPU the stack's processes used so far: what the services spend, whatever the neighbours do
     to the latencies on a shared machine."""
@@ -245,7 +295,8 @@ async def rung_kill(rate_rps: float, seconds: float, kill_after: float, *, hang:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m escalon.offline.bench.operability", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("metrics", "kill", "all"), nargs="?", default="all")
+    parser.add_argument("what", choices=("metrics", "cpu", "kill", "all"), nargs="?", default="all",
+                        help="metrics: separate processes at --rate; cpu: CPU per route, in one process; kill")
     parser.add_argument("--rate", type=float, default=100.0, help="arrival rate, req/s (metrics; default 100)")
     parser.add_argument("--requests", type=int, default=1500, help="requests per metrics round (default 1500)")
     parser.add_argument("--rounds", type=int, default=3, help="on/off rounds (default 3)")
@@ -260,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("metrics", "all"):
         figures["metrics"] = asyncio.run(metrics_overhead(args.rate, args.requests, args.rounds))
         print(json.dumps(figures["metrics"]["median_of_rounds"], indent=1))
+    if args.what in ("cpu", "all"):
+        figures["cpu"] = asyncio.run(inprocess_overhead(min(args.requests, 500), args.rounds))
+        print(json.dumps(figures["cpu"]["median"], indent=1))
     if args.what in ("kill", "all"):
         figures["kill"] = asyncio.run(rung_kill(args.kill_rate, args.seconds, args.kill_after, hang=args.hang,
                                                 fast=args.fast_retries))

@@ -277,33 +277,51 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     handles, the health checks and reflection included. Outermost, so it sees the status the error-mapping
     interceptor set. A streaming call lasts until its last message."""
 
+    def __init__(self) -> None:
+        self._instruments: dict[str, _MethodInstruments] = {}  # per method: its labelled children, built once
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, name = _split(handler_call_details.method)
+        instruments = self._instruments.get(handler_call_details.method)
+        if instruments is None:
+            instruments = self._instruments[handler_call_details.method] = _MethodInstruments(
+                *_split(handler_call_details.method))
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _measured_unary(handler.unary_unary, service, name),
+                _measured_unary(handler.unary_unary, instruments),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _measured_stream(handler.unary_stream, service, name),
+                _measured_stream(handler.unary_stream, instruments),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
 
 
-def _record(service: str, name: str, context: Any, error: BaseException | None, started: float) -> None:
-    m = metrics()
-    m.rpc_duration.labels("grpc", service, name, _status(context, error)).observe(time.perf_counter() - started)
-    m.rpc_active.labels(service, name).dec()
+class _MethodInstruments:
+    """One method's in-flight gauge and its duration histogram per status code, labelled once (labels() takes a
+    lock and builds a key: a few microseconds a call, on every RPC)."""
+
+    def __init__(self, service: str, name: str) -> None:
+        self.service, self.name = service, name
+        self.active = metrics().rpc_active.labels(service, name)
+        self._durations: dict[str, Any] = {}
+
+    def record(self, context: Any, error: BaseException | None, started: float) -> None:
+        code = _status(context, error)
+        duration = self._durations.get(code)
+        if duration is None:
+            duration = self._durations[code] = metrics().rpc_duration.labels("grpc", self.service, self.name, code)
+        duration.observe(time.perf_counter() - started)
+        self.active.dec()
 
 
-def _measured_unary(fn: Callable[..., Any], service: str, name: str):
+def _measured_unary(fn: Callable[..., Any], instruments: _MethodInstruments):
     async def call(request, context):
-        metrics().rpc_active.labels(service, name).inc()
+        instruments.active.inc()
         started, error = time.perf_counter(), None
         try:
             return await fn(request, context)
@@ -311,14 +329,14 @@ def _measured_unary(fn: Callable[..., Any], service: str, name: str):
             error = exc
             raise
         finally:
-            _record(service, name, context, error, started)
+            instruments.record(context, error, started)
 
     return call
 
 
-def _measured_stream(fn: Callable[..., Any], service: str, name: str):
+def _measured_stream(fn: Callable[..., Any], instruments: _MethodInstruments):
     async def call(request, context):
-        metrics().rpc_active.labels(service, name).inc()
+        instruments.active.inc()
         started, error = time.perf_counter(), None
         try:
             async for item in fn(request, context):
@@ -327,6 +345,6 @@ def _measured_stream(fn: Callable[..., Any], service: str, name: str):
             error = exc
             raise
         finally:
-            _record(service, name, context, error, started)
+            instruments.record(context, error, started)
 
     return call
