@@ -1,4 +1,4 @@
-"""The one place tracing is configured, and the span attribute names Escalon uses.
+"""The one place tracing is configured, and the span attribute names Escalon uses (metrics: escalon.metrics).
 
 Honours the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (export over OTLP/gRPC when set),
 OTEL_TRACES_EXPORTER (`otlp`, `console` or `none`), OTEL_TRACES_SAMPLER / _ARG, OTEL_SERVICE_NAME.
