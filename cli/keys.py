@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--scope", action="append", choices=["route", "jobs"],
                         help="APIs the key may call: route (Router API), jobs (Distill API); repeatable "
                              "[default: route]")
+    create.add_argument("--store-prompts", action="store_true",
+                        help="keep this key's prompts and answers in the route log (the tenant opted in), even "
+                             "when ESCALON_ROUTE_LOG_PROMPTS is off")
     create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
     lst = actions.add_parser("list", help="keys with their tenant, budgets and spend so far")
     lst.add_argument("--tenant", default="")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             engine, tenant=args.tenant, name=args.name, budget_day_usd=args.budget_day,
             budget_month_usd=args.budget_month, rate_limit=args.rate_limit, allowed_rungs=_names(args.rungs),
             allowed_operating_points=_names(args.operating_points), scopes=args.scope or ["route"],
-            known_rungs=catalogue.names, known_points=router.operating_points)
+            known_rungs=catalogue.names, known_points=router.operating_points, store_prompts=args.store_prompts)
         if args.json:
             print(json.dumps({"key": key, **_row(record)}, indent=1))
         else:
@@ -106,4 +109,4 @@ def _row(record) -> dict:  # noqa: ANN001
     return {"key_id": record.key_id, "tenant": record.tenant, "name": record.name, "scopes": list(record.scopes),
             "budget_day_usd": record.budget_day_usd, "budget_month_usd": record.budget_month_usd,
             "rate_limit": record.rate_limit, "allowed_rungs": list(record.allowed_rungs),
-            "allowed_operating_points": list(record.allowed_operating_points)}
+            "allowed_operating_points": list(record.allowed_operating_points), "store_prompts": record.store_prompts}

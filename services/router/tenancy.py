@@ -104,8 +104,9 @@ class Accounting:
             elif key is not None and self.ledger is not None and cost:
                 self.ledger.settle(Reservation(key.key_id, 0.0, ()), cost)
             if self.writer is not None:
+                keep_text = self.keep_text or bool(key is not None and key.store_prompts)
                 self.writer.submit(route_row(request, response=response, plan=admission.plan, key=key,
-                                             keep_text=self.keep_text, status=status, error=error,
+                                             keep_text=keep_text, status=status, error=error,
                                              latency_ms=(time.perf_counter() - started) * 1000,
                                              threshold=admission.threshold))
 

@@ -4,7 +4,8 @@ A key reads `esk_<key id>_<secret>`: the key id (12 hex digits) is public and na
 (32 random bytes, URL-safe base64) is kept only as SHA-256 over a per-key random salt and the secret, and
 compared in constant time. Budgets are USD per UTC day and per UTC month; a rate limit is written in the
 `limits` library's notation ("10/second", "600/minute", "5 per second"). Allow-lists name catalogue rungs
-and router operating points; an empty list means no restriction.
+and router operating points; an empty list means no restriction. `store_prompts` opts the key's routes into
+keeping prompts and answers in the route log when the operator's setting (ESCALON_ROUTE_LOG_PROMPTS) is off.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class KeyRecord:
     revoked: bool
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    store_prompts: bool = False
 
     def matches(self, secret: str) -> bool:
         return hmac.compare_digest(_hash(self.salt, secret), self.secret_sha256)
@@ -100,7 +102,7 @@ def create_key(engine: Engine, *, tenant: str, name: str = "", budget_day_usd: f
                budget_month_usd: float | None = None, rate_limit: str | None = None,
                allowed_rungs: Sequence[str] = (), allowed_operating_points: Sequence[str] = (),
                scopes: Sequence[str] = ("route",), known_rungs: Iterable[str] = (),
-               known_points: Iterable[str] = ()) -> tuple[KeyRecord, str]:
+               known_points: Iterable[str] = (), store_prompts: bool = False) -> tuple[KeyRecord, str]:
     """Store a new key; returns its record and the key itself (the only time it exists in the clear)."""
     validate(tenant=tenant, budget_day_usd=budget_day_usd, budget_month_usd=budget_month_usd, rate_limit=rate_limit,
              allowed_rungs=allowed_rungs, allowed_operating_points=allowed_operating_points, scopes=scopes,
@@ -110,7 +112,7 @@ def create_key(engine: Engine, *, tenant: str, name: str = "", budget_day_usd: f
                  scopes=list(scopes), budget_day_usd=budget_day_usd, budget_month_usd=budget_month_usd,
                  rate_limit=rate_limit or None, allowed_rungs=list(allowed_rungs) or None,
                  allowed_operating_points=list(allowed_operating_points) or None, revoked=False,
-                 created_at=dt.datetime.now(UTC))
+                 store_prompts=store_prompts, created_at=dt.datetime.now(UTC))
     from sqlalchemy.orm import Session
 
     with Session(engine) as session, session.begin():
@@ -123,7 +125,8 @@ def create_key(engine: Engine, *, tenant: str, name: str = "", budget_day_usd: f
 def _record(row: ApiKey) -> KeyRecord:
     return KeyRecord(row.key_id, row.tenant, row.name, row.salt, row.secret_sha256, tuple(row.scopes or ()),
                      row.budget_day_usd, row.budget_month_usd, row.rate_limit, tuple(row.allowed_rungs or ()),
-                     tuple(row.allowed_operating_points or ()), row.revoked, row.created_at, row.revoked_at)
+                     tuple(row.allowed_operating_points or ()), row.revoked, row.created_at, row.revoked_at,
+                     bool(row.store_prompts))
 
 
 def get_key(engine: Engine, key_id: str) -> KeyRecord | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator,
+                        false)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -99,6 +100,8 @@ class ApiKey(Base):
     allowed_rungs: Mapped[list[str] | None] = mapped_column(JSONType)
     allowed_operating_points: Mapped[list[str] | None] = mapped_column(JSONType)
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # the tenant opted in: its routes keep prompts and answers even when ESCALON_ROUTE_LOG_PROMPTS is off
+    store_prompts: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 

@@ -3,6 +3,8 @@ they may spend, how fast; and a production router that refuses to start open."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -44,11 +46,13 @@ async def test_keys_decide_who_may_route_and_with_what(tmp_path, database_url):
     revoked_record, revoked = _key(engine, tenant="gone")
     _, jobs_only = _key(engine, tenant="ops", scopes=["jobs"])
     _, limited = _key(engine, tenant="slow", rate_limit="2/minute")
+    _, opted_in = _key(engine, tenant="open-book", store_prompts=True)
     db = DatabaseSettings(data_dir=tmp_path, database_url=database_url, key_cache_s=0, route_log_flush_s=0.05)
     async with router_stack(tmp_path, db) as (router, service):
         async with grpc.aio.insecure_channel(router.address) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
-            assert (await _route(stub, plain)).rung == "gpt-4"
+            assert (await _route(stub, plain, request_id="plain")).rung == "gpt-4"
+            assert (await _route(stub, opted_in, request_id="opted-in")).rung == "gpt-4"
             err = await _refused(_route(stub))
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "no API key" in err.details()
             err = await _refused(_route(stub, "sk-not-ours"))
@@ -85,6 +89,14 @@ async def test_keys_decide_who_may_route_and_with_what(tmp_path, database_url):
                 [m async for m in router_pb2_grpc.RouterServiceStub(channel).RouteStream(
                     router_pb2.RouteStreamRequest(request=router_pb2.RouteRequest(prompt=DEMO_PROMPT)))]
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for _ in range(100):
+            if service.tenancy.writer.snapshot().written >= 4:
+                break
+            await asyncio.sleep(0.05)
+    from escalon.db.routes import get_route
+
+    # the tenant opted in (the key's store_prompts): its prompt is kept although the operator's setting is off
+    assert get_route(engine, "opted-in")["prompt"] == DEMO_PROMPT and get_route(engine, "plain")["prompt"] is None
     engine.dispose()
 
 

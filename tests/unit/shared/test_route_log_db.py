@@ -41,6 +41,24 @@ def test_the_migrations_make_exactly_the_models_tables(tmp_path):
     ready_database(f"sqlite:///{tmp_path / 'm.sqlite'}")  # a second start migrates nothing and does not fail
 
 
+def test_a_database_made_by_the_first_migration_is_upgraded_in_place(tmp_path):
+    from sqlalchemy import text
+
+    from escalon.db.engine import current_revision, migrate, open_database
+
+    engine = open_database(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    migrate(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_keys (key_id, tenant, name, salt, secret_sha256, scopes, revoked, "
+                          "created_at) VALUES ('abcdef012345', 'acme', '', '00', 'ff', '[\"route\"]', 0, "
+                          "'2026-12-01 00:00:00')"))
+    migrate(engine)
+    from escalon.db.keys import get_key
+
+    assert current_revision(engine) != "0001"
+    assert get_key(engine, "abcdef012345").store_prompts is False
+
+
 async def test_records_wait_through_an_outage_and_none_is_lost(tmp_path):
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"
     down = {"left": 3}
