@@ -27,7 +27,7 @@ from pydantic import Field
 
 from escalon.distill.jobs.base import JobContext, JobKind, JobParams, pause
 from escalon.distill.jobs.distilling import job_catalogue
-from escalon.distill.jobs.inputs import confined, configured_catalogue, input_file
+from escalon.distill.jobs.inputs import confined, configured_catalogue, input_file, model_cache
 from escalon.distill.jobs.profile import ProfileParams, build_table
 from escalon.distill.training.data import Item, by_split, is_correct, read_items
 from escalon.errors import InvalidInput
@@ -75,6 +75,9 @@ def prepare(params: PromoteParams, data_dir: Path) -> PromoteParams:
                                "data_dir": str(Path(data_dir).resolve())}
     if not params.models_dir:
         updates["models_dir"] = str(Path(os.environ.get("ESCALON_MODEL_CACHE") or Path(data_dir) / "models").resolve())
+    else:  # jobs write converted models there: the model cache or the allowed folders only
+        updates["models_dir"] = str(confined(params.models_dir, data_dir, field="params.models_dir",
+                                             extra=model_cache()))
     if params.catalogue:  # only the configured catalogue or one in the allowed folders (see distilling.py)
         updates["catalogue"] = str(input_file(params.catalogue, data_dir, field="params.catalogue",
                                               what="catalogue", extra=configured_catalogue()))

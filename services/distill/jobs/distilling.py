@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from escalon.distill.jobs.base import JobContext, JobParams
 from escalon.distill.training.data import Item, by_split, is_correct, read_items
 from escalon.distill.training.lora import StudentModel, TrainConfig
-from escalon.distill.jobs.inputs import configured_catalogue, input_file
+from escalon.distill.jobs.inputs import configured_catalogue, confined, input_file, model_cache
 from escalon.errors import ConfigError, InvalidInput, clip
 from escalon.registry import Catalogue, load_catalogue, load_promoted, promoted_path, with_rungs
 
@@ -79,6 +79,9 @@ def prepare_distill(params: DistillParams, data_dir: Path) -> DistillParams:
                                               what="catalogue", extra=configured_catalogue()))
     if not params.models_dir:
         updates["models_dir"] = str(Path(os.environ.get("ESCALON_MODEL_CACHE") or Path(data_dir) / "models").resolve())
+    else:  # jobs write converted models there: the model cache or the allowed folders only
+        updates["models_dir"] = str(confined(params.models_dir, data_dir, field="params.models_dir",
+                                             extra=model_cache()))
     params = params.model_copy(update=updates)
     try:
         catalogue = job_catalogue(params)

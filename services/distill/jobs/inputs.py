@@ -66,3 +66,9 @@ def configured_catalogue() -> tuple[Path, ...]:
     """The catalogue the operator configured (ESCALON_CATALOGUE), which a job may name as well."""
     configured = os.environ.get("ESCALON_CATALOGUE")
     return (Path(configured).expanduser(),) if configured else ()
+
+
+def model_cache() -> tuple[Path, ...]:
+    """The serving model cache (ESCALON_MODEL_CACHE), where a job may also be told to keep its models."""
+    cache = os.environ.get("ESCALON_MODEL_CACHE")
+    return (Path(cache).expanduser(),) if cache else ()

@@ -160,3 +160,15 @@ async def test_a_call_before_the_router_is_ready_is_unavailable_starting():
         await asyncio.gather(task, return_exceptions=True)
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "starting" in caught.value.details()
+
+
+def test_a_models_dir_outside_the_allowed_folders_is_refused(tmp_path):
+    from escalon.distill.jobs import LocalContext
+
+    kind, harvest = validate("harvest", {"source": "synthetic:arith", "n": 40, "seed": 3}, tmp_path)
+    data = kind.run(harvest, LocalContext(artefact_dir=tmp_path / "harvest"))["artefacts"]["dataset"]
+    base = {"teacher": "program:arith", "student": "smollm2-135m", "data": data}
+    with pytest.raises(InvalidInput, match="params.models_dir: .* outside the folders"):
+        validate("undo", {**base, "models_dir": "/etc/escalon-models"}, tmp_path)
+    kind, params = validate("undo", {**base, "models_dir": str(tmp_path / "models")}, tmp_path)
+    assert params.models_dir == str((tmp_path / "models").resolve())
