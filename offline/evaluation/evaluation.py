@@ -29,9 +29,9 @@ from escalon.offline.evaluation import baselines
 from escalon.benchmark import Benchmark, load_benchmark, model_family
 from escalon.router.embedding import MINILM, STATIC, cached_encode, make_encoder
 from escalon.offline.evaluation.metrics import aiq, cost_to_match, frontier, quality_at_cost, upper_hull
-from escalon.router.policy import RoutePlan, RouteQuery
-from escalon.offline.evaluation.replay_cascade import fit_judge_weights, in_process_cascade, replay_catalogue, run_plans
-from escalon.router.routing import build_plan, policy_success
+from escalon.router.policy import RouteQuery
+from escalon.offline.evaluation.replay_cascade import in_process_cascade, replay_catalogue
+from escalon.router.routing import policy_success
 from escalon.offline.evaluation.routing_fit import fit_routing_model
 from escalon.router.routing_model import LAMBDAS, Prediction, RoutingModel, route_points
 
@@ -42,7 +42,6 @@ ALL_POLICIES = (*ROUTERS, *BASELINES)
 # hybrid+cascade (fixed probes, judge-panel threshold) is the earlier design: its in-process panel is slow on
 # large benchmarks and cascade routing supersedes it, so it runs only when asked for
 DEFAULT_POLICIES = tuple(p for p in ALL_POLICIES if p != "hybrid+cascade")
-BUDGET_LAMBDA_THRESHOLD = 0.7  # the budget sweeps run at the "balanced" operating point's λ
 DEV_LAMBDAS = LAMBDAS[::3]
 DEV_CASCADE_SAMPLE = 1000  # training prompts with answers that fit the judge weights (as many decide probing)
 
@@ -114,76 +113,6 @@ def answerable(bench: Benchmark, rows: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda v: isinstance(v, str))(bench.responses[rows]).astype(bool)
 
 
-def cascade_points(model: RoutingModel, bench: Benchmark, rows: np.ndarray, success: np.ndarray, cost: np.ndarray,
-                   families: list[str], weights, probe: bool, lambdas, progress: Progress,
-                   label: str = "hybrid+cascade") -> tuple[list[tuple[float, float, float]], int]:
-    """hybrid+cascade at every λ: plans from build_plan; plans with probes run through the Router's Cascade
-    in-process (replay rungs, the judge panel); one-rung plans are that rung's recorded answer."""
-    can_answer = answerable(bench, rows)
-    scores, costs = bench.scores[rows], bench.costs[rows]
-    catalogue = cascade = None
-    names = bench.rung_names()
-    points, cascaded = [], 0
-    for lam in progress.track(lambdas, len(lambdas), f"{label}: λ sweep"):
-        got, paid, calls = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows))
-        queries, plans, where = [], [], []
-        for q in range(len(rows)):
-            usable = probe and can_answer[q].sum() >= 2
-            choice = build_plan(success[q], cost[q], lam, model.cost_scale, families, usable,
-                                allowed=can_answer[q] if usable else None, weights=weights)
-            if usable and not can_answer[q, choice.target]:
-                choice = build_plan(success[q], cost[q], lam, model.cost_scale, families, False)
-            if len(choice.rungs) == 1:
-                r = choice.target
-                got[q], paid[q], calls[q] = scores[q, r], costs[q, r], 1
-                continue
-            text = bench.prompts["prompt"].iat[rows[q]]
-            queries.append(RouteQuery(prompt=text, threshold=choice.threshold))
-            plans.append(RoutePlan(tuple(names[r] for r in choice.rungs), label, "evaluation", choice.threshold,
-                                   predicted_success={names[r]: float(success[q, r]) for r in choice.rungs},
-                                   judge_weights=weights, min_agreeing_share=0.0 if weights else 2 / 3))
-            where.append(q)
-        if plans:
-            if cascade is None:
-                catalogue = replay_catalogue(bench, model.cost_intercept, model.cost_slope)
-                cascade = in_process_cascade(catalogue)
-            for q, result in zip(where, run_plans(cascade, queries, plans)):
-                r = names.index(result.rung)
-                got[q], paid[q] = scores[q, r], result.total_cost_usd
-                calls[q] = sum(1 for a in result.attempts if a.answered)
-            cascaded += len(plans)
-        points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
-    return points, cascaded
-
-
-def collect_attempts(model: RoutingModel, bench: Benchmark, rows: np.ndarray, success: np.ndarray,
-                     cost: np.ndarray, families: list[str], lam: float) -> list:
-    """Every attempt of probing plans with acceptance off, with its recorded score: the judge weights' data."""
-    can_answer = answerable(bench, rows)
-    names = bench.rung_names()
-    queries, plans, index = [], [], []
-    for q in range(len(rows)):
-        if can_answer[q].sum() < 2:
-            continue
-        choice = build_plan(success[q], cost[q], lam, model.cost_scale, families, True, allowed=can_answer[q])
-        if len(choice.rungs) < 2:
-            continue
-        text = bench.prompts["prompt"].iat[rows[q]]
-        queries.append(RouteQuery(prompt=text, threshold=2.0))
-        plans.append(RoutePlan(tuple(names[r] for r in choice.rungs), "fit", "judge weights", 2.0,
-                               predicted_success={names[r]: float(success[q, r]) for r in choice.rungs}))
-        index.append(q)
-    if not plans:
-        return []
-    cascade = in_process_cascade(replay_catalogue(bench, model.cost_intercept, model.cost_slope))
-    out = []
-    for q, result in zip(index, run_plans(cascade, queries, plans)):
-        for a in result.attempts:
-            if a.answered:
-                out.append((a.scores, float(bench.scores[rows[q], names.index(a.rung)])))
-    return out
-
-
 BUDGET_POINTS = 14
 BUDGET_MARGIN = 1.05  # over the worst overrun of recorded cost past the cost model on train
 
@@ -226,108 +155,24 @@ def budget_bounds(ctx: Context):
     return cascade, bounds(cascade, ctx.test), scale, extra
 
 
-def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progress
-                           ) -> tuple[PolicyResult, list[dict]]:
-    """cascade-routing driven by a per-request budget (max_cost_usd) at the default operating point's λ: the
-    planner only considers sets whose upper-bound prices fit what is left of the budget (the Router's Stepper
-    does the same with the Cascade's bounds); a recorded answer dearer than its bound counts as cut (paid at
-    the bound, scored wrong, no answer to compare); a prompt no rung fits is refused (quality 0)."""
-    from escalon.offline.evaluation import cascade_routing_fit as crf
-
-    bench = ctx.bench
-    _, bound, _, _ = budget_bounds(ctx)
-    cut = ctx.costs > bound
-    scores = np.where(cut, 0.0, ctx.scores)
-    paid_cost = np.minimum(ctx.costs, bound)
-    texts = bench.texts
-    answers = crf.recorded_answers([texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
-    answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths)
-    singles = ctx.costs.mean(axis=0)
-    top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
-    budgets = np.geomspace(0.5 * singles.min(), top, BUDGET_POINTS)
-    points, sweep = [], []
-    for budget in progress.track(budgets, len(budgets), "cascade-routing: max-cost sweep"):
-        o = crf.simulate(estimator, ctx.pred.hybrid, ctx.pred.cost / ctx.model.cost_scale, answers, scores,
-                         paid_cost, lam, bound=bound, budget=float(budget), context=ctx.pred.p_task)
-        served = o.calls > 0
-        got = np.where(served, o.quality, 0.0)
-        points.append((float(o.paid.mean()), float(got.mean()), float(o.calls.mean())))
-        chosen_cut = served & cut[np.arange(len(got)), np.maximum(o.answered_by, 0)]
-        sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(o.paid.mean()), "quality": float(got.mean()),
-                      "refused_share": float(1 - served.mean()), "over_budget": int((o.paid > budget * (1 + 1e-9)).sum()),
-                      "max_cost_usd_paid": float(o.paid.max()), "cut_at_max_tokens": int(chosen_cut.sum())})
-    over = sum(s["over_budget"] for s in sweep)
-    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets at λ={lam:.4g} (the default operating "
-            f"point); sets are planned on upper-bound prices fitted on train, so the spend went over the budget in "
-            f"{over} of {len(budgets) * len(ctx.test)} (prompt, budget) answers")
-    return PolicyResult("cascade-routing@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
-
-
-def budget_result(ctx: Context, weights, probe: bool, progress: Progress) -> tuple[PolicyResult, list[dict]]:
-    """hybrid+cascade driven by the other knob, a per-request budget (max_cost_usd), swept over budgets:
-    at each, the Router's own rule — rungs whose upper-bound cost exceeds the budget are left out, the best
-    predicted one is the target, probes run while the budget allows (the Cascade's check), and a query no
-    rung fits is refused (quality 0, as the API answers it with a clear error). A rung's bound plays the part
-    max_tokens plays in serving: a recorded answer dearer than it is cut there (paid at the bound, scored
-    wrong). The spend of every query is then checked against its budget: the Cascade's own check."""
-    bench, model = ctx.bench, ctx.model
-    names, every_text = bench.rung_names(), bench.texts
-    cascade, bound, scale, extra = budget_bounds(ctx)
-    texts = [every_text[r] for r in ctx.test]
-    can_answer = answerable(bench, ctx.test)
-    scores, costs = ctx.scores, ctx.costs
-    singles = costs.mean(axis=0)
-    # from below the cheapest model's mean cost to where the dearest rung fits 99% of the queries
-    top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
-    budgets = np.geomspace(0.5 * singles.min(), top, BUDGET_POINTS)
-    points, sweep = [], []
-    for budget in progress.track(budgets, len(budgets), "hybrid+cascade: max-cost sweep"):
-        got, paid, calls = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros(len(texts))
-        fits = bound <= budget
-        queries, plans, where, cut = [], [], [], 0
-        for q in np.flatnonzero(fits.any(axis=1)):
-            usable = probe and (can_answer[q] & fits[q]).sum() >= 2
-            allowed = fits[q] & can_answer[q] if usable else fits[q]
-            choice = build_plan(ctx.pred.hybrid[q], ctx.pred.cost[q], 0.0, model.cost_scale, ctx.families, usable,
-                                allowed=allowed, weights=weights)
-            if len(choice.rungs) == 1:
-                r = choice.target
-                paid[q], calls[q] = min(costs[q, r], bound[q, r]), 1
-                got[q] = scores[q, r] if costs[q, r] <= bound[q, r] else 0.0
-                cut += costs[q, r] > bound[q, r]
-                continue
-            queries.append(RouteQuery(prompt=texts[q], threshold=choice.threshold, max_cost_usd=float(budget)))
-            plans.append(RoutePlan(tuple(names[r] for r in choice.rungs), "hybrid+cascade", "evaluation",
-                                   choice.threshold,
-                                   predicted_success={names[r]: float(ctx.pred.hybrid[q, r]) for r in choice.rungs},
-                                   judge_weights=weights, min_agreeing_share=0.0 if weights else 2 / 3))
-            where.append(q)
-        for q, result in zip(where, run_plans(cascade, queries, plans) if plans else []):
-            r = names.index(result.rung)
-            overran = {a.rung for a in result.attempts if a.answered and a.cost_usd > bound[q, names.index(a.rung)]}
-            paid[q] = sum(min(a.cost_usd, bound[q, names.index(a.rung)]) for a in result.attempts)
-            got[q] = 0.0 if result.rung in overran else scores[q, r]
-            calls[q] = sum(1 for a in result.attempts if a.answered)
-            cut += len(overran)
-        served = fits.any(axis=1)
-        points.append((float(paid.mean()), float(got.mean()), float(calls.mean())))
-        sweep.append({"max_cost_usd": float(budget), "mean_cost_usd": float(paid.mean()), "quality": float(got.mean()),
-                      "refused_share": float(1 - served.mean()), "over_budget": int((paid > budget * (1 + 1e-9)).sum()),
-                      "max_cost_usd_paid": float(paid.max()), "cut_at_max_tokens": int(cut)})
-    over = sum(s["over_budget"] for s in sweep)
-    cut = sum(s["cut_at_max_tokens"] for s in sweep)
-    forms = ", ".join(f"{n} ×{k:.2f}" if e == 0 else f"{n} +${e:.2g}" for n, k, e in zip(names, scale, extra))
-    note = (f"budget knob (max_cost_usd) swept over {len(budgets)} budgets; a rung fits a budget when its cost model "
-            f"times a factor or plus an amount (the worst overrun on train, +5%: {forms}) does. That bound plays "
-            f"max_tokens: a recorded answer dearer than it would have been cut off there, so it is paid at the bound "
-            f"and scored wrong ({cut} of {len(budgets) * len(texts)} (query, budget) answers); the spend went over "
-            f"the budget in {over}")
-    return PolicyResult("hybrid+cascade@max-cost", points, [float(b) for b in budgets], "max_cost_usd", note), sweep
-
-
 def route_result(name: str, ctx: Context, success: np.ndarray, note: str = "") -> PolicyResult:
     points = route_points(success, ctx.pred.cost, ctx.scores, ctx.costs, ctx.model.cost_scale, LAMBDAS)
     return PolicyResult(name, [(c, q, 1.0) for c, q in points], list(LAMBDAS), "lambda", note)
+
+
+def split_rows(bench: Benchmark, notes: list[str], max_test: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows, and the test rows every model answered (a seeded sample of them with --max-test)."""
+    complete = ~np.isnan(bench.scores).any(axis=1) & ~np.isnan(bench.costs).any(axis=1)
+    test = bench.test_idx[complete[bench.test_idx]]
+    train = bench.train_idx
+    if len(test) < len(bench.test_idx):
+        notes.append(f"{len(bench.test_idx) - len(test)} test prompts not answered by every model are left out")
+    if max_test and len(test) > max_test:
+        test = np.sort(np.random.default_rng(seed).choice(test, max_test, replace=False))
+        notes.append(f"test sample of {max_test} prompts (--max-test)")
+    if not len(test) or len(train) < 10:
+        raise ConfigError(f"{bench.path}: {len(train)} training and {len(test)} complete test prompts; need ≥ 10 and ≥ 1")
+    return train, test
 
 
 def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIES, encoder: str = MINILM,
@@ -341,6 +186,8 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
     unknown = [p for p in policies if p not in ALL_POLICIES]
     if unknown:
         raise ConfigError(f"unknown policies {', '.join(unknown)}; known: {', '.join(ALL_POLICIES)}", field="--policies")
+    from escalon.offline.evaluation import probing  # hybrid+cascade, the earlier fixed-probe cascade
+
     started = time.perf_counter()
     progress.step(f"loading {benchmark}")
     bench = load_benchmark(benchmark)
@@ -348,16 +195,7 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
     if len(bench.models) < 2:
         raise ConfigError(f"{bench.path} holds one model ({bench.models[0]}); routing needs at least two")
     bench = keep_models_for_test(bench, notes)
-    complete = ~np.isnan(bench.scores).any(axis=1) & ~np.isnan(bench.costs).any(axis=1)
-    test = bench.test_idx[complete[bench.test_idx]]
-    train = bench.train_idx
-    if len(test) < len(bench.test_idx):
-        notes.append(f"{len(bench.test_idx) - len(test)} test prompts not answered by every model are left out")
-    if max_test and len(test) > max_test:
-        test = np.sort(np.random.default_rng(seed).choice(test, max_test, replace=False))
-        notes.append(f"test sample of {max_test} prompts (--max-test)")
-    if not len(test) or len(train) < 10:
-        raise ConfigError(f"{bench.path}: {len(train)} training and {len(test)} complete test prompts; need ≥ 10 and ≥ 1")
+    train, test = split_rows(bench, notes, max_test, seed)
     spread = np.nanmax(bench.costs, axis=1) - np.nanmin(bench.costs, axis=1)
     uniform_cost = bool(np.nanmax(spread) <= 1e-15)
     if uniform_cost:
@@ -382,19 +220,8 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
     ctx = Context(bench, x, chars, train, test, model, pred, families, notes)
 
     weights, probe, probe_note = None, False, "no recorded responses: no probes"
-    if bench.has_responses() and dev.prediction is not None and "hybrid+cascade" in policies:
-        progress.step("fitting judge weights on the development slice (recorded answers, cross-model agreement)")
-        # out-of-fold predictions of training prompts that have answers; half fit the weights, half decide probing
-        has = np.flatnonzero(answerable(bench, train[dev.rows]).sum(axis=1) >= 2)
-        has = np.random.default_rng(seed).permutation(has)[:2 * DEV_CASCADE_SAMPLE]
-        fit_part, decide_part = np.sort(has[::2]), np.sort(has[1::2])
-        dev_pred = dev.prediction
-        attempts = collect_attempts(model, bench, train[dev.rows[fit_part]], dev_pred.hybrid[fit_part],
-                                    dev_pred.cost[fit_part], families, DEV_LAMBDAS[len(DEV_LAMBDAS) // 2])
-        weights = fit_judge_weights(attempts, version="eval")
-        probe, probe_note = decide_probe(model, bench, train[dev.rows[decide_part]],
-                                         dev_pred.rows(decide_part), families, weights, progress)
-    notes.append(f"hybrid familiarity: {model.familiarity.why}")
+    if "hybrid+cascade" in policies:
+        weights, probe, probe_note = probing.fit_weights_and_probe(ctx, dev, progress, seed)
     if "hybrid+cascade" in policies:
         notes.append(f"hybrid+cascade probes: {probe_note}")
 
@@ -423,32 +250,20 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
         results.append(route_result("routellm-mf", ctx, mf.predict(x[test]),
                                     f"k={baselines.MF_DIM}, epochs={baselines.MF_EPOCHS}, L2 {baselines.MF_L2:g}, "
                                     f"Adam lr {baselines.MF_LEARNING_RATE:g}, batches of {baselines.MF_BATCH} prompts"))
-    if "hybrid+cascade" in policies:
-        points, cascaded = cascade_points(model, bench, test, pred.hybrid, pred.cost, families, weights, probe,
-                                          LAMBDAS, progress)
-        results.append(PolicyResult("hybrid+cascade", points, list(LAMBDAS), "lambda",
-                                    f"{cascaded} (query, λ) plans ran the judged cascade; {probe_note}"))
     sweep = None
-    if "hybrid+cascade" in policies and not uniform_cost:
-        result, sweep = budget_result(ctx, weights, probe, progress)
-        results.append(result)
+    if "hybrid+cascade" in policies:
+        probe_results, sweep = probing.results(ctx, weights, probe, probe_note, uniform_cost, progress)
+        results.extend(probe_results)
     if "frugalgpt" in policies:
         results.append(frugal_result(ctx, enc, cache_dir, progress))
     fitted = None
     if {"cascade-routing", "cascade-routing/ex-ante"} & set(policies):
-        if artefact_policy not in ("auto", "cascade-routing", "routing"):
-            raise ConfigError(f"unknown artefact policy {artefact_policy!r}; auto, cascade-routing or routing",
-                              field="--artefact-policy")
-        fitted, cr_results = cascade_routing_results(ctx, dev, progress, seed, artefact_policy == "cascade-routing")
-        if fitted is not None and artefact_policy == "routing":
-            fitted.use = False
-        results.extend(r for r in cr_results if r.name in policies)
-        if fitted is not None and fitted.estimator is not None and not uniform_cost and "cascade-routing" in policies:
-            from escalon.router.routing import lambda_for_threshold
+        from escalon.offline.evaluation.cascade_routing_eval import cascade_routing_policies
 
-            result, sweep = cascade_routing_budget(ctx, fitted.estimator,
-                                                   lambda_for_threshold(BUDGET_LAMBDA_THRESHOLD), progress)
-            results.append(result)
+        fitted, cr_results, cr_sweep = cascade_routing_policies(ctx, dev, policies, progress, seed, artefact_policy,
+                                                                uniform_cost)
+        results.extend(cr_results)
+        sweep = cr_sweep or sweep
 
     report = build_report(ctx, results, singles, uniform_cost)
     report["budget_sweep"] = sweep
@@ -465,79 +280,6 @@ def evaluate(benchmark: Path | str, *, policies: Iterable[str] = DEFAULT_POLICIE
                        estimator=fitted.estimator if fitted is not None and fitted.use else None)
         report["artefact"] = str(artefact_dir)
     return report
-
-
-def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, force: bool = False):
-    """cascade-routing and its ex-ante ablation (offline/evaluation/cascade_routing_fit.py), every choice made on
-    out-of-fold training rows before the test rows are read."""
-    from escalon.offline.evaluation import cascade_routing_fit as crf
-
-    bench, model = ctx.bench, ctx.model
-    names = ("cascade-routing", "cascade-routing/ex-ante")
-    if not bench.has_responses() or dev.prediction is None:
-        why = ("no recorded responses: nothing to estimate post-hoc quality from" if not bench.has_responses()
-               else "too few training prompts for out-of-fold estimates")
-        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {why}", applicable=False) for n in names]
-    train_rows = ctx.train[dev.rows]
-    complete = ~np.isnan(bench.scores[train_rows]).any(axis=1) & ~np.isnan(bench.costs[train_rows]).any(axis=1)
-    rows, oof = train_rows[complete], dev.prediction.rows(np.flatnonzero(complete))
-    unseen = [m for j, m in enumerate(bench.models) if np.isnan(bench.scores[train_rows, j]).all()]
-    if unseen:
-        why = (f"{', '.join(unseen)} answer{'s' if len(unseen) == 1 else ''} none of the training prompts of "
-               f"{bench.path}: post-hoc estimates need every rung's training answers (drop those models or add "
-               "their rows)")
-        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {why}", applicable=False) for n in names]
-    answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models))
-    scale = model.cost_scale
-
-    def route_curve(pick):
-        pts = route_points(oof.hybrid[pick], oof.cost[pick], bench.scores[rows[pick]], bench.costs[rows[pick]],
-                           scale, DEV_LAMBDAS)
-        return [(c, q, 1.0) for c, q in pts]
-
-    try:
-        fitted = crf.fit_for_benchmark(oof.hybrid, oof.cost / scale, answers.rows(rows), bench.scores[rows],
-                                       bench.costs[rows], oof.p_task, bench.rung_names(), ctx.families, LAMBDAS,
-                                       DEV_LAMBDAS, aiq, route_curve, seed, progress.step, force)
-    except crf.NotFittable as exc:
-        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {exc}", applicable=False) for n in names]
-    if fitted.estimator is None:
-        return fitted, [PolicyResult(n, [], [], "lambda", f"not applicable: {fitted.note}", applicable=False)
-                        for n in names]
-    progress.step("cascade routing: λ sweep on the test prompts (post-hoc and ex-ante estimates)")
-    curves = crf.test_curves(fitted.estimator, ctx.pred.hybrid, ctx.pred.cost / scale, answers.rows(ctx.test),
-                             ctx.scores, ctx.costs, LAMBDAS, ctx.pred.p_task)
-    best = int(np.argmax(ctx.scores.mean(axis=0)))
-    quarter = 0.25 * float(ctx.costs.mean(axis=0)[best])
-    judged = curves.pop("judged")
-    if judged:
-        c, auroc, calls = min(judged, key=lambda p: abs(np.log(max(p[0], 1e-12) / quarter)))
-        fitted.dev["judged_auroc"] = [{"cost_usd": a, "auroc": b, "calls_per_query": n} for a, b, n in judged]
-        fitted.note += (f"; its post-hoc estimate of the answer it returns, as a judge: AUROC {auroc:.3f} at "
-                        f"${c:.2g} a query ({calls:.2f} calls; evidence: the answers it bought anyway)")
-    notes = {"cascade-routing": fitted.note,
-             "cascade-routing/ex-ante": "ablation: the same planner with ex-ante estimates only (answers seen "
-                                        "change no estimate)"}
-    return fitted, [PolicyResult(n, curves[n], list(LAMBDAS), "lambda", notes[n]) for n in names]
-
-
-def decide_probe(model: RoutingModel, bench: Benchmark, dev_rows: np.ndarray, dev_pred: Prediction,
-                 families: list[str], weights, progress: Progress) -> tuple[bool, str]:
-    """Probe when, on the development slice, probing plans give a higher AIQ than one-call routes."""
-    complete = ~np.isnan(bench.scores[dev_rows]).any(axis=1)
-    rows = dev_rows[complete]
-    if len(rows) < 20 or answerable(bench, rows).sum(axis=1).max(initial=0) < 2:
-        return False, "fewer than two rungs with recorded answers per query on train: no probes"
-    costs = bench.costs[rows]
-    lo, hi = float(costs.mean(0).min()), float(costs.mean(0).max())
-    value = {}
-    for probe in (False, True):
-        pts, _ = cascade_points(model, bench, rows, dev_pred.hybrid[complete], dev_pred.cost[complete], families,
-                                weights, probe, DEV_LAMBDAS, progress, label=f"development, probes={probe}")
-        value[probe] = aiq([(c, q) for c, q, _ in pts], lo, hi)
-    chosen = value[True] > value[False]
-    return chosen, (f"development AIQ {value[True]:.4f} with probes vs {value[False]:.4f} without: "
-                    f"{'probing' if chosen else 'no probes'}")
 
 
 FRUGAL_MAX_TRAIN_ANSWERS = 60_000

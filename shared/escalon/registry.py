@@ -46,6 +46,8 @@ class Circuit(_Strict):
     failures: int = Field(default=3, ge=1, description="failures in a row that open the circuit")
     cooldown_s: float = Field(default=30.0, gt=0, description="how long an open rung is skipped")
     max_cooldown_s: float = Field(default=300.0, gt=0, description="the cooldown doubles per failed trial up to this")
+    slow_call_s: float = Field(default=30.0, gt=0, description="open too while `failures` calls have been pending "
+                                                                "this long with no answer since (a hung rung)")
 
 
 class Autoscaling(_Strict):

@@ -29,7 +29,7 @@ FUNCTION_LIMIT = 100
 FILE_EXCEPTIONS: dict[str, int] = {}
 # "path:function" -> lines when listed. May only shrink.
 FUNCTION_EXCEPTIONS: dict[str, int] = {
-    "offline/evaluation/evaluation.py:evaluate": 113,
+    "offline/evaluation/evaluation.py:evaluate": 105,
 }
 
 
