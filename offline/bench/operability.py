@@ -229,7 +229,8 @@ class _Provider:
         await self.runner.cleanup()
 
 
-async def rung_kill(rate_rps: float, seconds: float, kill_after: float, *, hang: bool, fast: bool) -> dict[str, Any]:
+async def rung_kill(rate_rps: float, seconds: float, kill_after: float, *, hang: bool, fast: bool,
+                    slow_call_s: float | None = None) -> dict[str, Any]:
     provider = _Provider()
     await provider.start()
     cheap: dict[str, Any] = {"name": "cheap-remote", "family": "remote", "backend": "openai", "model": "gpt-4o-mini",
@@ -239,6 +240,8 @@ async def rung_kill(rate_rps: float, seconds: float, kill_after: float, *, hang:
         cheap["first_token_timeout_s"] = 2.0
     if fast:
         cheap["retries"] = {"attempts": 2, "initial_backoff_s": 0.05, "max_backoff_s": 0.2}
+    if slow_call_s is not None:
+        cheap["circuit"] = {"slow_call_s": slow_call_s}
     rungs = [cheap, load_catalogue().get("gpt-4").model_dump(mode="json")]
     request = router_pb2.RouteRequest(prompt=DEMO_PROMPT)
     requests = int(rate_rps * seconds)
@@ -280,7 +283,8 @@ async def rung_kill(rate_rps: float, seconds: float, kill_after: float, *, hang:
                   and r.attempts[0].note.startswith("skipped: circuit open"))
     failed_on_cheap = sum(1 for _, r, _ in after if waits_on_cheap(r))
     late = [lat for o, _, lat in after if routed_around_at is not None and o - kill_after >= routed_around_at]
-    return {"mode": "hang" if hang else "killed (connection refused)", "rate_rps": rate_rps, "requests": requests,
+    return {"mode": "hang" if hang else "killed (connection refused)", "slow_call_s": slow_call_s,
+            "rate_rps": rate_rps, "requests": requests,
             "kill_after_s": kill_after, "client_errors": len(errors),
             "error_codes": sorted({e.code().name for e in errors}),
             "routes_after_kill": len(after), "routes_waiting_on_dead_rung": failed_on_cheap,
@@ -305,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into the kill run (default 5)")
     parser.add_argument("--hang", action="store_true", help="the provider hangs instead of dying")
     parser.add_argument("--fast-retries", action="store_true", help="2 tries, 50-200 ms backoff instead of defaults")
+    parser.add_argument("--slow-call", type=float, help="the rung's circuit.slow_call_s (default: the catalogue's, 30)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     figures: dict[str, Any] = {}
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures["cpu"]["median"], indent=1))
     if args.what in ("kill", "all"):
         figures["kill"] = asyncio.run(rung_kill(args.kill_rate, args.seconds, args.kill_after, hang=args.hang,
-                                                fast=args.fast_retries))
+                                                fast=args.fast_retries, slow_call_s=args.slow_call))
         print(json.dumps(figures["kill"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=1))

@@ -149,7 +149,7 @@ class Cascade:
                 attempt.note = f"skipped: could exceed the budget (spent ${spent:.6f} of ${query.max_cost_usd:.6f})"
                 m.skips.labels(rung.name, "budget").inc()
                 continue
-            if not self.breakers.allow(rung):  # opened by a concurrent request since the plan was made
+            if not (ticket := self.breakers.allow(rung)):  # opened by a concurrent request since the plan
                 attempt.note = f"skipped: {self.breakers.why(rung)}"
                 m.skips.labels(rung.name, "circuit_open").inc()
                 continue
@@ -161,14 +161,14 @@ class Cascade:
                     answers = await self._generate(rung, query, attempt, on_text)
                 except (RungUnavailable, asyncio.TimeoutError) as exc:
                     attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
-                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__)
+                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__, ticket)
                     m.failures.labels(rung.name, type(exc).__name__).inc()
                     await on_event("judged", attempt, attempt.note)
                     continue
                 except BaseException:
-                    self.breakers.release(rung)
+                    self.breakers.release(rung, ticket)
                     raise
-                self.breakers.success(rung)
+                self.breakers.success(rung, ticket)
                 spent += attempt.cost_usd
                 m.spend.labels(rung.name).inc(attempt.cost_usd)
                 m.tokens.labels(rung.name, "input").observe(attempt.input_tokens)

@@ -145,7 +145,7 @@ retries: {{ toJson $r }}
 {{- end }}
 {{- with $t.circuit }}
 {{- $c := dict }}
-{{- range $key, $field := dict "failures" "failures" "cooldownSeconds" "cooldown_s" "maxCooldownSeconds" "max_cooldown_s" }}
+{{- range $key, $field := dict "failures" "failures" "cooldownSeconds" "cooldown_s" "maxCooldownSeconds" "max_cooldown_s" "slowCallSeconds" "slow_call_s" }}
 {{- if hasKey $.tier.circuit $key }}{{- $_ := set $c $field (index $.tier.circuit $key) }}{{- end }}
 {{- end }}
 circuit: {{ toJson $c }}

@@ -145,14 +145,15 @@ def test_a_tiers_resilience_settings_and_the_price_map_reach_the_catalogue(chart
 
     remote = {"family": "openai", "backend": "openai", "model": "gpt-4o-mini", "baseUrl": "https://api.openai.com/v1",
               "contextLimit": 128000, "connectTimeoutSeconds": 3, "firstTokenTimeoutSeconds": 20,
-              "retries": {"attempts": 4, "maxRetryAfterSeconds": 10}, "circuit": {"failures": 5, "cooldownSeconds": 60}}
+              "retries": {"attempts": 4, "maxRetryAfterSeconds": 10},
+              "circuit": {"failures": 5, "cooldownSeconds": 60, "slowCallSeconds": 15}}
     rendered = chart.render({"tiers": {"gpt-4o-mini": remote}})
     path = tmp_path / "catalogue.yaml"
     path.write_text(rendered.get("ConfigMap", "escalon-catalogue")["data"]["catalogue.yaml"])
     rung = load_catalogue(path).get("gpt-4o-mini")
     assert (rung.connect_timeout_s, rung.first_token_timeout_s) == (3, 20)
     assert (rung.retries.attempts, rung.retries.max_retry_after_s, rung.retries.initial_backoff_s) == (4, 10, 0.5)
-    assert (rung.circuit.failures, rung.circuit.cooldown_s) == (5, 60)
+    assert (rung.circuit.failures, rung.circuit.cooldown_s, rung.circuit.slow_call_s) == (5, 60, 15)
     assert rung.price.input_per_1m == 0.15 and rung.price_source.startswith("genai-prices")
     assert yaml.safe_load(path.read_text())["rungs"][0]["name"] in {"smollm2-135m", "gemma3-270m", "gpt-4o-mini"}
 

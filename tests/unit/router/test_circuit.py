@@ -12,6 +12,9 @@ from escalon.router.policy import RoutePlan
 pytestmark = pytest.mark.unit
 
 
+PRICE = {"input_per_1m": 1.0, "output_per_1m": 1.0}
+
+
 def rung(name: str, price: float) -> Rung:
     return Rung(name=name, family=name, backend="openai", model=name, base_url="http://127.0.0.1:9/v1",
                 price={"input_per_1m": price, "output_per_1m": price},
@@ -115,3 +118,31 @@ def test_closed_circuits_leave_the_plan_untouched():
     b = RungBreakers(Clock())
     original = plan("small", "large")
     assert b.route_around(original, CATALOGUE, CATALOGUE.names) == (original, {})
+
+
+def test_calls_pending_too_long_open_the_circuit_before_any_fails():
+    clock = Clock()
+    b = RungBreakers(clock)
+    slow = Rung(name="slow", family="x", backend="openai", model="x", base_url="http://127.0.0.1:9/v1", price=PRICE,
+                circuit={"failures": 2, "slow_call_s": 5})
+    first, second = b.allow(slow), b.allow(slow)
+    clock.now = 4.9
+    assert b.state(slow) == CLOSED
+    clock.now = 5.1
+    assert b.state(slow) == OPEN and not b.allow(slow)  # two calls stuck for over 5 s: the rung looks hung
+    assert "2 calls pending for over 5s with no answer since" in b.why(slow)
+    b.success(slow, first)  # it answered after all: calls that began before that answer no longer count
+    assert b.state(slow) == CLOSED and b.allow(slow)
+    b.failure(slow, "timed out", second)
+    assert b.state(slow) == CLOSED  # one failure of two
+
+
+def test_a_call_that_ends_frees_its_slot():
+    clock = Clock()
+    b = RungBreakers(clock)
+    slow = Rung(name="slow", family="x", backend="openai", model="x", base_url="http://127.0.0.1:9/v1", price=PRICE,
+                circuit={"failures": 2, "slow_call_s": 5})
+    tickets = [b.allow(slow), b.allow(slow)]
+    b.release(slow, tickets[0])
+    clock.now = 10
+    assert b.state(slow) == CLOSED  # one call pending is not enough
