@@ -24,7 +24,7 @@ from escalon.router.cascade_routing import (DEPTH, INTERACTION, RUN_FEATURES, TO
                                             QualityEstimator, choose_answer, decide, encode_keys, logit,
                                             state_features, unrun_summary)
 
-STATES_PER_PROMPT = 4
+STATES_PER_PROMPT = 8
 UNRUN_PER_STATE = 6
 MAX_FIT_PROMPTS = 6000
 SIGMA_SHRINK = 30  # rows of a rung at one depth that weigh as much as the depth's pooled σ
