@@ -16,7 +16,7 @@ from typing import Any
 from escalon.db.keys import KeyRecord
 from escalon.db.routelog import RouteLogWriter
 from escalon.db.spend import Reservation, SpendLedger
-from escalon.errors import EscalonError, PermissionDenied
+from escalon.errors import BudgetExceeded, EscalonError, PermissionDenied
 from escalon.gen.router.v1 import router_pb2
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.router.route_record import route_row
@@ -93,6 +93,11 @@ class Accounting:
             return response
         except EscalonError as exc:
             status, error = exc.code.name, str(exc)
+            if key is not None and isinstance(exc, (PermissionDenied, BudgetExceeded)) and admission.plan is None:
+                from escalon.metrics import metrics
+
+                reason = "permission_denied" if isinstance(exc, PermissionDenied) else "budget"
+                metrics().key_refusals.labels(reason).inc()
             raise
         except BaseException as exc:
             status, error = ("INTERNAL", repr(exc)[:500]) if isinstance(exc, Exception) else ("CANCELLED", "")

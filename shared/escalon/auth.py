@@ -154,6 +154,17 @@ class Gate:
 
     async def check(self, metadata: Any, scope: str) -> KeyRecord | None:
         """The caller's key, or Unauthenticated / PermissionDenied / RateLimited. None when open."""
+        try:
+            return await self._check(metadata, scope)
+        except (Unauthenticated, PermissionDenied, RateLimited) as exc:
+            from escalon.metrics import metrics
+
+            reason = {Unauthenticated: "unauthenticated", PermissionDenied: "permission_denied"}.get(
+                type(exc), "rate_limit")
+            metrics().key_refusals.labels(reason).inc()
+            raise
+
+    async def _check(self, metadata: Any, scope: str) -> KeyRecord | None:
         if not self.decided:
             raise NotReady(f"the {self.service} API is starting; retry shortly")
         if not self.required:

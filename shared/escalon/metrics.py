@@ -19,7 +19,8 @@ What each service adds:
   router              escalon_route_decision_duration_seconds, escalon_route_duration_seconds, escalon_routes_total,
                       escalon_rung_attempts_total / _accepts_total / _escalations_total / _failures_total /
                       _skips_total, escalon_rung_judge_confidence, escalon_rung_cost_usd_total,
-                      gen_ai_client_token_usage, escalon_rung_circuit_state
+                      gen_ai_client_token_usage, escalon_rung_circuit_state, escalon_route_log_written_total /
+                      _dropped_total / _queued, escalon_key_refusals_total (also the distill front)
   serving             escalon_serving_requests_in_flight, escalon_serving_output_tokens_total (rate = tokens/s),
                       gen_ai_server_request_duration_seconds, gen_ai_server_time_to_first_token_seconds,
                       escalon_rung_retries_total (remote rungs' retried calls)
@@ -109,6 +110,16 @@ class Metrics:
             [RUNG, "gen_ai_token_type"], buckets=TOKEN_BUCKETS, registry=r)
         self.circuit = Gauge("escalon_rung_circuit_state", "Circuit breaker per rung: 0 closed, 1 half-open, 2 open",
                              [RUNG], registry=r)
+        # ---- router: the route log and API keys (escalon.db.routelog, escalon.auth, escalon.db.spend)
+        self.route_log_written = Counter("escalon_route_log_written", "Route records written to the database",
+                                         registry=r)
+        self.route_log_dropped = Counter("escalon_route_log_dropped", "Route records dropped: the queue was full "
+                                         "while the database was away or slow, or the router stopped first",
+                                         registry=r)
+        self.route_log_queued = Gauge("escalon_route_log_queued", "Route records waiting for the database",
+                                      registry=r)
+        self.key_refusals = Counter("escalon_key_refusals", "Calls refused for their API key: unauthenticated, "
+                                    "permission_denied, rate_limit, budget", ["reason"], registry=r)
         # ---- serving
         self.serving_in_flight = Gauge("escalon_serving_requests_in_flight",
                                        "Generate calls waiting for or running on a rung", [RUNG], registry=r)

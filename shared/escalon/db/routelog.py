@@ -2,7 +2,7 @@
 database in batches, off the request path.
 
     submit(record)   never blocks, never raises: the route has answered; a full queue drops the record and
-                     counts it (`dropped`, logged once per outage, and the escalon.route_log.dropped counter)
+                     counts it (`dropped`, logged once per outage, and escalon_route_log_dropped_total)
     the task         waits for a first record, gathers more for up to `flush_s` (at most `batch` of them),
                      inserts them in one transaction from a worker thread. The database down or slow: the
                      batch is kept and retried with backoff (1 s doubling to 30 s), records keep queueing
@@ -38,12 +38,6 @@ class LogStats:
     degraded: str = ""  # why writes fail now; empty when they succeed
 
 
-def _counter(name: str, description: str):  # noqa: ANN202
-    from opentelemetry import metrics
-
-    return metrics.get_meter("escalon.route_log").create_counter(name, unit="{record}", description=description)
-
-
 class RouteLogWriter:
     def __init__(self, url: str, *, queue_size: int = 10_000, batch: int = 200, flush_s: float = 0.5,
                  engine_factory: Callable[[str], Engine] = ready_database) -> None:
@@ -58,8 +52,9 @@ class RouteLogWriter:
         self._closing = False
         self._drop_logged = False
         self.stats = LogStats()
-        self._dropped_counter = _counter("escalon.route_log.dropped", "route records dropped: the queue was full")
-        self._written_counter = _counter("escalon.route_log.written", "route records written to the database")
+        from escalon.metrics import metrics  # escalon_route_log_* on the router's /metrics
+
+        self._metrics = metrics()
 
     # ---- the request side
 
@@ -67,6 +62,7 @@ class RouteLogWriter:
         """Queue one record; False (and counted) when the queue is full."""
         try:
             self._queue.put_nowait(record)
+            self._metrics.route_log_queued.inc()
             return True
         except asyncio.QueueFull:
             self._drop(1, "the queue is full")
@@ -74,11 +70,11 @@ class RouteLogWriter:
 
     def _drop(self, n: int, why: str) -> None:
         self.stats.dropped += n
-        self._dropped_counter.add(n)
+        self._metrics.route_log_dropped.inc(n)
         if not self._drop_logged:
             self._drop_logged = True
             log.error("route log: dropping records (%s; %s); %d dropped so far, counted in "
-                      "escalon.route_log.dropped", why, self.stats.degraded or "database slower than traffic",
+                      "escalon_route_log_dropped_total", why, self.stats.degraded or "database slower than traffic",
                       self.stats.dropped)
 
     def snapshot(self) -> LogStats:
@@ -112,7 +108,8 @@ class RouteLogWriter:
             self._pending = []
             delay = RETRY_FIRST_S
             self.stats.written += len(batch)
-            self._written_counter.add(len(batch))
+            self._metrics.route_log_written.inc(len(batch))
+            self._metrics.route_log_queued.dec(len(batch))
             if self.stats.degraded:
                 log.warning("route log recovered: writing again (%d records written, %d dropped in all)",
                             self.stats.written, self.stats.dropped)
@@ -169,6 +166,7 @@ class RouteLogWriter:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._task
         left = self._queue.qsize() + len(self._pending)
+        self._metrics.route_log_queued.dec(left)
         if left:
             self._drop(left, "the router stopped before the database took them")
         if self._engine is not None:

@@ -82,3 +82,27 @@ async def test_a_limit_store_that_does_not_answer_lets_routes_through(tmp_path, 
     assert await _admitted([gate], key, 3) == 3
     assert gate.limiter.degraded and sum("rate limits not enforced" in r.getMessage() for r in caplog.records) == 1
     engine.dispose()
+
+
+async def test_refusals_and_the_route_log_show_on_metrics(tmp_path):
+    from escalon.db.routelog import RouteLogWriter
+    from escalon.errors import Unauthenticated
+    from escalon.metrics import metrics
+
+    db = DatabaseSettings(data_dir=tmp_path)
+    engine = LazyDatabase(db.database_url)
+    create_key(engine(), tenant="acme")
+    gate = Gate(db, engine, service="router")
+    await gate.start()
+    registry = metrics().registry
+    before = registry.get_sample_value("escalon_key_refusals_total", {"reason": "unauthenticated"}) or 0
+    with pytest.raises(Unauthenticated):
+        await gate.check((), "route")
+    assert registry.get_sample_value("escalon_key_refusals_total", {"reason": "unauthenticated"}) == before + 1
+    dropped = registry.get_sample_value("escalon_route_log_dropped_total") or 0
+    writer = RouteLogWriter(db.database_url, queue_size=1)
+    writer.submit({})
+    writer.submit({})  # the queue holds one: this one is dropped
+    assert registry.get_sample_value("escalon_route_log_dropped_total") == dropped + 1
+    await writer.close(timeout_s=0.1)
+    engine.dispose()
