@@ -19,7 +19,7 @@ from escalon.errors import BudgetExceeded, RungUnavailable
 from escalon.judging import Candidate, Judgement, JudgeResult
 from escalon.metrics import metrics
 from escalon.registry import Catalogue, Rung
-from escalon.router.circuit import RungBreakers
+from escalon.router.circuit import OPEN, RungBreakers
 from escalon.router.policy import RoutePlan, RouteQuery
 from escalon.telemetry import ATTR_ACCEPTED, ATTR_CONFIDENCE, ATTR_COST_USD, ATTR_RUNG, tracer
 from escalon.tokens import TokenCounters
@@ -211,21 +211,39 @@ class Cascade:
         attempts: list[Attempt] = []
         references: list[Candidate] = []
         by_rung: dict[str, Attempt] = {}
+        m = metrics()
+        for name in [n for n in stepper.names if n and self.breakers.state(self.catalogue.get(n)) == OPEN]:
+            stepper.failed(name)  # an open circuit: planned around from the start (the reason's attempts say so)
+            attempts.append(Attempt(name, self.catalogue.get(name).family,
+                                    note=f"skipped: {self.breakers.why(self.catalogue.get(name))}"))
         while (name := stepper.next()) is not None:
             rung = self.catalogue.get(name)
             attempt = Attempt(rung.name, rung.family)
             attempts.append(attempt)
+            if not (ticket := self.breakers.allow(rung)):  # opened by a concurrent request meanwhile
+                attempt.note = f"skipped: {self.breakers.why(rung)}"
+                m.skips.labels(rung.name, "circuit_open").inc()
+                stepper.failed(rung.name)
+                continue
             await on_event("started", attempt, f"asking {rung.name} (best set: "
                            f"{', '.join(stepper.names[c] for c in stepper.last_set)}; value {stepper.last_value:.3f})")
+            m.attempts.labels(rung.name).inc()
             with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
                 span.set_attribute(ATTR_RUNG, rung.name)
                 try:
                     answers = await self._generate(rung, query, attempt, on_text)
                 except (RungUnavailable, asyncio.TimeoutError) as exc:
-                    attempt.note = f"skipped: {exc or 'timed out'}"
+                    attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
+                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__, ticket)
+                    m.failures.labels(rung.name, type(exc).__name__).inc()
                     stepper.failed(rung.name)
                     await on_event("judged", attempt, attempt.note)
                     continue
+                except BaseException:
+                    self.breakers.release(rung, ticket)
+                    raise
+                self.breakers.success(rung, ticket)
+                m.spend.labels(rung.name).inc(attempt.cost_usd)
                 judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type)
                 attempt.scores = judgement.scores
                 attempt.parsed_answer = judgement.answer

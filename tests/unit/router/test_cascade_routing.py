@@ -205,3 +205,24 @@ def test_without_recorded_answers_cascade_routing_says_why(tmp_path):
     path = write_synthetic(tmp_path / "b.parquet", n=90, responses=False)
     report = evaluate(path, encoder="hashing-trigram-256", cache_dir=None, policies=["cascade-routing"])
     assert "no recorded responses" in report["policies"]["cascade-routing"]["note"]
+
+
+def test_cascade_routing_plans_around_an_open_circuit(synthetic, estimator):
+    bench, ex_ante, cost, answers, _ = synthetic
+    catalogue = replay_catalogue(bench)
+    cascade = in_process_cascade(catalogue)
+    names = bench.rung_names()
+    strongest = catalogue.get(names[bench.models.index("bigcorp/large")])
+    for _ in range(strongest.circuit.failures):
+        cascade.breakers.failure(strongest, "connection refused", cascade.breakers.allow(strongest))
+    row = bench.test_idx[0]
+
+    async def go():
+        stepper = Stepper(estimator, names, ex_ante[row], cost[row], 0.0)  # λ = 0: it would want the strongest
+        plan = RoutePlan(tuple(names), "test/cascade-routing", "test", 0.0, stepper=stepper)
+        return await cascade.run(RouteQuery(prompt=bench.texts[row], threshold=0.0), plan)
+
+    result = asyncio.run(go())
+    assert result.rung != strongest.name
+    assert not any(a.answered for a in result.attempts if a.rung == strongest.name)
+    assert any(a.rung == strongest.name and "circuit" in a.note for a in result.attempts)
