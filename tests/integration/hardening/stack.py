@@ -62,8 +62,10 @@ class Services:
 @contextlib.contextmanager
 def services_in_a_thread(data_dir: Path, **router_settings) -> Iterator[Services]:
     services = Services()
-    logging.getLogger().addHandler(services.logs)
-    logging.getLogger().setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(services.logs)
+    root.setLevel(logging.INFO)
     ready, stop_requested = threading.Event(), None
     failure: list[BaseException] = []
     loop = asyncio.new_event_loop()
@@ -111,4 +113,5 @@ def services_in_a_thread(data_dir: Path, **router_settings) -> Iterator[Services
     finally:
         loop.call_soon_threadsafe(stop_requested.set)
         thread.join(30)
-        logging.getLogger().removeHandler(services.logs)
+        root.removeHandler(services.logs)
+        root.setLevel(level)
