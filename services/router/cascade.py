@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from escalon.answer_keys import answer_key
-from escalon.errors import BudgetExceeded, RungUnavailable
+from escalon.errors import BudgetExceeded, NotAnswerable, RungUnavailable
 from escalon.judging import Candidate, Judgement, JudgeResult
 from escalon.metrics import metrics
 from escalon.registry import Catalogue, Rung
@@ -161,7 +161,7 @@ class Cascade:
                     answers = await self._generate(rung, query, attempt, on_text)
                 except (RungUnavailable, asyncio.TimeoutError) as exc:
                     attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
-                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__, ticket)
+                    self._count_failure(rung, exc, ticket)
                     m.failures.labels(rung.name, type(exc).__name__).inc()
                     await on_event("judged", attempt, attempt.note)
                     continue
@@ -199,6 +199,14 @@ class Cascade:
             await on_event("escalated", attempt, f"{rung.name} below {plan.threshold:.2f}: escalating")
         return self._fallback(attempts, plan)
 
+    def _count_failure(self, rung: Rung, exc: BaseException, ticket: int) -> None:
+        """A rung that could not answer: a fault its circuit counts, unless it is healthy but has no answer for
+        this prompt (NotAnswerable: a replay rung without its recording)."""
+        if isinstance(exc, NotAnswerable):
+            self.breakers.release(rung, ticket)
+        else:
+            self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__, ticket)
+
     async def _run_stepped(self, query: RouteQuery, plan: RoutePlan, on_event: EventSink,
                            on_text: Callable[[str, str], Awaitable[None]] | None) -> CascadeResult:
         """Cascade routing: the plan's stepper picks each next rung from the answers so far, or stops; the
@@ -234,7 +242,7 @@ class Cascade:
                     answers = await self._generate(rung, query, attempt, on_text)
                 except (RungUnavailable, asyncio.TimeoutError) as exc:
                     attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
-                    self.breakers.failure(rung, str(exc)[:120] or type(exc).__name__, ticket)
+                    self._count_failure(rung, exc, ticket)
                     m.failures.labels(rung.name, type(exc).__name__).inc()
                     stepper.failed(rung.name)
                     await on_event("judged", attempt, attempt.note)

@@ -42,6 +42,13 @@ class RungUnavailable(EscalonError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class NotAnswerable(RungUnavailable):
+    """This rung cannot answer this prompt though it is healthy (a replay rung with no recording of it): the
+    cascade moves on, and no circuit breaker counts it as the rung failing."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class BudgetExceeded(EscalonError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from escalon.errors import ConfigError, RungUnavailable
+from escalon.errors import ConfigError, NotAnswerable
 from escalon.registry import Rung
 
 from escalon.tokens import TokenCounters
@@ -67,10 +67,10 @@ class ReplayBackend(Backend):
     async def generate(self, params: GenerateParams) -> GenerateResult:
         row = self._rows.get(normalise(params.prompt))
         if row is None:
-            raise RungUnavailable(f"prompt not recorded for {self.rung.model} in {self.path}")
+            raise NotAnswerable(f"prompt not recorded for {self.rung.model} in {self.path}")
         response = row["response"]
         if not isinstance(response, str):
-            raise RungUnavailable(
+            raise NotAnswerable(
                 f"{self.rung.model} has a recorded score but no recorded response for {row['prompt_id']} in {self.path}"
             )
         # The recorded model's tokenizer where known (tiktoken for OpenAI models), else characters / 4.

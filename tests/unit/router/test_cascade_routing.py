@@ -226,3 +226,20 @@ def test_cascade_routing_plans_around_an_open_circuit(synthetic, estimator):
     assert result.rung != strongest.name
     assert not any(a.answered for a in result.attempts if a.rung == strongest.name)
     assert any(a.rung == strongest.name and "circuit" in a.note for a in result.attempts)
+
+
+def test_a_replay_rung_without_the_prompt_opens_no_circuit(synthetic):
+    """NotAnswerable (a healthy rung with no recording of this prompt) moves the cascade on without counting
+    against the rung's circuit; a real failure does count."""
+    from escalon.errors import NotAnswerable, RungUnavailable
+
+    bench, *_ = synthetic
+    catalogue = replay_catalogue(bench)
+    cascade = in_process_cascade(catalogue)
+    rung = catalogue.rungs[0]
+    for _ in range(rung.circuit.failures + 2):
+        cascade._count_failure(rung, NotAnswerable("prompt not recorded"), cascade.breakers.allow(rung))
+    assert cascade.breakers.allow(rung)
+    for _ in range(rung.circuit.failures):
+        cascade._count_failure(rung, RungUnavailable("connection refused"), cascade.breakers.allow(rung))
+    assert not cascade.breakers.allow(rung)
