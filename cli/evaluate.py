@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval", help="train routing policies on a benchmark's train split and compare them on its test split",
-        description="Train every policy on split=train (thresholds, judge weights and the probe decision tuned on "
-                    "out-of-fold predictions of train), evaluate on split=test, and write <out>/report.json (each policy's cost–quality "
+        description="Train every policy on split=train (thresholds, cascade routing's post-hoc estimators and "
+                    "its spread, judge weights tuned on out-of-fold predictions of train), evaluate on split=test, and write <out>/report.json (each policy's cost–quality "
                     "points, AIQ, quality at the best single model's cost, cheapest cost matching it, calls per "
                     "query), <out>/report.md, <out>/frontier.png and the router artefact <out>/artefact. Works on "
                     "any benchmark in the shared routing format (with or without responses and prices).",
