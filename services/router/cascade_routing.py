@@ -1,9 +1,10 @@
 """Cascade routing (docs/cascade-routing.md): routing and cascading as one decision, repeated after every answer.
 
 State: a query, the rungs already run and their answers. For every rung the estimator gives a quality
-estimate q̂ with an uncertainty σ — ex-ante (the routing model's ŝ) for rungs not yet run, post-hoc for
-rungs that answered, and for unrun rungs ŝ updated by what the answers so far say about the query. The
-planner scores every set S ⊇ run of rungs by E[max_{i∈S} q_i] − λ·Σ_{i∈S∖run} ĉ_i (q_i ~ N(q̂_i, σ_i²),
+estimate q̂ with an uncertainty — post-hoc for rungs that answered; for rungs not yet run, the routing
+model's ex-ante ŝ recalibrated and updated by what the answers so far say about the query (σ: how far it
+moves once the rung answers; τ: how far the best answer's estimate moves when more answers arrive). The
+planner scores every set S ⊇ run of rungs by E[max_{i∈S} q_i] − λ·Σ_{i∈S∖run} ĉ_i (independent normals,
 E[max] by Clark's moment matching), stops when the best S is what already ran, and otherwise runs the
 cheapest unrun rung of the best S. The answer returned is the run rung with the highest post-hoc q̂.
 
@@ -13,9 +14,11 @@ of queries at once and the Router API (n = 1) takes exactly the same decisions. 
 
 Post-hoc features of a run rung i: its ex-ante logit, how many of the other answers agree with its answer
 key (escalon.answer_keys) and their summed ŝ, the same for disagreeing answers, agreement from another
-family, answer length, whether i holds the heaviest cluster, and a per-rung bias. Of an unrun rung j: its
-ex-ante logit, how many rungs ran, the heaviest cluster's weight and share, distinct answers, the best
-run rung's post-hoc estimate, and a per-rung bias.
+family, answer length, whether i holds the heaviest cluster, the largest ŝ agreeing and disagreeing, how
+many ran, a per-rung bias and a per-rung weight on the agreeing weight. Of an unrun rung j: its ex-ante
+logit, how many rungs ran, the heaviest cluster's weight and share, distinct answers, whether all agree, the
+best run rung's post-hoc estimate, the mean ŝ of what ran, a per-rung bias and weight. Both also see the
+query's task probabilities (the context).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ RUN_FEATURES = ("logit_s", "n_agree", "w_agree", "n_disagree", "w_disagree", "cr
 UNRUN_FEATURES = ("logit_s", "n_run", "top_weight", "top_share", "n_distinct", "best_run_q", "mean_run_s",
                   "agree_all")
 # the feature each rung gets its own weight for: how much the other answers back it / how sure the best run is
-INTERACTION = {"run": RUN_FEATURES.index("w_agree") , "unrun": UNRUN_FEATURES.index("best_run_q")}
+INTERACTION = {"run": RUN_FEATURES.index("w_agree"), "unrun": UNRUN_FEATURES.index("best_run_q")}
 
 
 def logit(p: np.ndarray) -> np.ndarray:
