@@ -12,6 +12,7 @@ class EscalonError(Exception):
     """Base of the errors a caller can act on."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = ""  # a finer reason than the code, sent as trailing metadata to Escalon's own clients
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
@@ -44,9 +45,10 @@ class RungUnavailable(EscalonError):
 
 class NotAnswerable(RungUnavailable):
     """This rung cannot answer this prompt though it is healthy (a replay rung with no recording of it): the
-    cascade moves on, and no circuit breaker counts it as the rung failing."""
+    cascade moves on, and no circuit breaker counts it as the rung failing. Across gRPC it stays UNAVAILABLE,
+    with the reason in the trailing metadata (escalon.grpc.REASON_KEY)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "not-answerable"
 
 
 class BudgetExceeded(EscalonError):

@@ -177,6 +177,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
+REASON_KEY = "escalon-reason"
+
+
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
     if context.done() or isinstance(exc, _CALL_OVER):
         # The caller's deadline passed or it hung up while the answer was being made: nobody to tell, nothing
@@ -184,6 +187,8 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
         log.debug("%s ended before its answer (%s)", method, type(exc).__name__)
         raise asyncio.CancelledError()
     if isinstance(exc, EscalonError):
+        if exc.reason:  # a finer reason the status code cannot carry, for Escalon's own clients
+            context.set_trailing_metadata(((REASON_KEY, exc.reason),))
         await context.abort(exc.code, clip(str(exc), MAX_ERROR_CHARS))
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL,

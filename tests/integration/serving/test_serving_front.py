@@ -89,7 +89,9 @@ async def test_the_replay_rung_answers_with_the_recorded_cost_and_score(stub, re
 async def test_a_rungs_own_errors_cross_the_hop_with_their_status(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(serving_pb2.GenerateRequest(rung="mixtral-8x7b", prompt="What is the capital of France?"))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # healthy, but no answer for this prompt
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # healthy, but no answer for this prompt: the reason rides in the trailing metadata
+    assert dict(err.value.trailing_metadata())["escalon-reason"] == "not-answerable"
     assert err.value.details() == f"prompt not recorded for {MIXTRAL} in {DEMO_BENCHMARK}"
     # ~600 characters look like 150 tokens to the front, but are ~600 tokens: the replica's tokenizer says no.
     with pytest.raises(grpc.aio.AioRpcError) as err:

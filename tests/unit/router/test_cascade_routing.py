@@ -243,3 +243,18 @@ def test_a_replay_rung_without_the_prompt_opens_no_circuit(synthetic):
     for _ in range(rung.circuit.failures):
         cascade._count_failure(rung, RungUnavailable("connection refused"), cascade.breakers.allow(rung))
     assert not cascade.breakers.allow(rung)
+
+
+def test_the_serving_clients_reads_not_answerable_from_the_trailing_metadata():
+    import grpc
+    from grpc.aio import AioRpcError, Metadata
+
+    from escalon.errors import NotAnswerable, RungUnavailable
+    from escalon.router.clients import _domain_error
+
+    reason = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(("escalon-reason", "not-answerable")),
+                         "prompt not recorded")
+    plain = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "connection refused")
+    assert isinstance(_domain_error(reason, "mixtral"), NotAnswerable)
+    got = _domain_error(plain, "mixtral")
+    assert isinstance(got, RungUnavailable) and not isinstance(got, NotAnswerable)
