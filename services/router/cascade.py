@@ -157,22 +157,10 @@ class Cascade:
             m.attempts.labels(rung.name).inc()
             with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
                 span.set_attribute(ATTR_RUNG, rung.name)
-                try:
-                    answers = await self._generate(rung, query, attempt, on_text)
-                except (RungUnavailable, asyncio.TimeoutError) as exc:
-                    attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
-                    self._count_failure(rung, exc, ticket)
-                    m.failures.labels(rung.name, type(exc).__name__).inc()
+                if (answers := await self._call_rung(rung, query, attempt, on_text, ticket)) is None:
                     await on_event("judged", attempt, attempt.note)
                     continue
-                except BaseException:
-                    self.breakers.release(rung, ticket)
-                    raise
-                self.breakers.success(rung, ticket)
                 spent += attempt.cost_usd
-                m.spend.labels(rung.name).inc(attempt.cost_usd)
-                m.tokens.labels(rung.name, "input").observe(attempt.input_tokens)
-                m.tokens.labels(rung.name, "output").observe(attempt.output_tokens)
                 signals = {}
                 if rung.name in plan.predicted_success:
                     signals["predicted_success"] = float(plan.predicted_success[rung.name])
@@ -198,6 +186,27 @@ class Cascade:
                                      attempts)
             await on_event("escalated", attempt, f"{rung.name} below {plan.threshold:.2f}: escalating")
         return self._fallback(attempts, plan)
+
+    async def _call_rung(self, rung: Rung, query: RouteQuery, attempt: Attempt,
+                         on_text: Callable[[str, str], Awaitable[None]] | None, ticket: int) -> list[Candidate] | None:
+        """One rung's answers, with its circuit and metrics kept; None (and the attempt's note) when it could
+        not answer."""
+        m = metrics()
+        try:
+            answers = await self._generate(rung, query, attempt, on_text)
+        except (RungUnavailable, asyncio.TimeoutError) as exc:
+            attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
+            self._count_failure(rung, exc, ticket)
+            m.failures.labels(rung.name, type(exc).__name__).inc()
+            return None
+        except BaseException:
+            self.breakers.release(rung, ticket)
+            raise
+        self.breakers.success(rung, ticket)
+        m.spend.labels(rung.name).inc(attempt.cost_usd)
+        m.tokens.labels(rung.name, "input").observe(attempt.input_tokens)
+        m.tokens.labels(rung.name, "output").observe(attempt.output_tokens)
+        return answers
 
     def _count_failure(self, rung: Rung, exc: BaseException, ticket: int) -> None:
         """A rung that could not answer: a fault its circuit counts, unless it is healthy but has no answer for
@@ -238,20 +247,10 @@ class Cascade:
             m.attempts.labels(rung.name).inc()
             with tracer(__name__).start_as_current_span("escalon.cascade.attempt") as span:
                 span.set_attribute(ATTR_RUNG, rung.name)
-                try:
-                    answers = await self._generate(rung, query, attempt, on_text)
-                except (RungUnavailable, asyncio.TimeoutError) as exc:
-                    attempt.note = f"skipped: {exc or f'timed out after {rung.timeout_s:g}s'}"
-                    self._count_failure(rung, exc, ticket)
-                    m.failures.labels(rung.name, type(exc).__name__).inc()
+                if (answers := await self._call_rung(rung, query, attempt, on_text, ticket)) is None:
                     stepper.failed(rung.name)
                     await on_event("judged", attempt, attempt.note)
                     continue
-                except BaseException:
-                    self.breakers.release(rung, ticket)
-                    raise
-                self.breakers.success(rung, ticket)
-                m.spend.labels(rung.name).inc(attempt.cost_usd)
                 judgement = await self.scorer.score(query.prompt, answers, references, query.answer_type)
                 attempt.scores = judgement.scores
                 attempt.parsed_answer = judgement.answer

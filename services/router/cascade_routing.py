@@ -334,21 +334,33 @@ class Stepper:
         self.remaining: np.ndarray | None = None
         self.last_value = float("nan")
         self.last_set: tuple[int, ...] = ()
+        self._decided: Step | None = None
 
     def limit_budget(self, bound: list[float], budget: float) -> None:
         """Upper-bound cost per column and the request's budget: no planned set may exceed what is left."""
         self.bound = np.array(bound, float)[None, :]
         self.remaining = np.array([budget], float)
+        self._decided = None
 
     def estimates(self) -> tuple[np.ndarray, np.ndarray]:
         q, sigma = self.estimator.estimate(self.ex_ante, self.state, self.context)
         return q[0], sigma[0]
 
+    def _decide(self) -> Step:
+        """The decision in the current state, made once: a budget, a failed rung or an answer forgets it."""
+        if self._decided is None:
+            self._decided = decide(self.estimator, self.ex_ante, self.state, self.cost, self.lam, self.context,
+                                   self.allowed, self.bound, self.remaining, self.depth, self.top_k)
+        return self._decided
+
+    def first_set(self) -> tuple[str, ...]:
+        """The rungs of the set the planner would buy now (the route's reason names them)."""
+        return tuple(self.names[c] for c in self._decide().best_set[0])
+
     def next(self) -> str | None:
         if int(self.state.run.sum()) >= self.depth:
             return None
-        step = decide(self.estimator, self.ex_ante, self.state, self.cost, self.lam, self.context, self.allowed,
-                      self.bound, self.remaining, self.depth, self.top_k)
+        step = self._decide()
         self.last_value, self.last_set = float(step.value[0]), step.best_set[0]
         column = int(step.next_rung[0])
         return None if column < 0 else self.names[column]
@@ -363,10 +375,12 @@ class Stepper:
                                             np.array([float(length)]))
         if self.remaining is not None:
             self.remaining = self.remaining - cost_bound
+        self._decided = None
 
     def failed(self, rung: str) -> None:
         """A rung that could not answer is not planned again for this request."""
         self.allowed[0, self._column(rung)] = False
+        self._decided = None
 
     def best(self) -> tuple[str | None, float]:
         """The answered rung with the highest post-hoc estimate, and that estimate."""

@@ -98,14 +98,6 @@ def policy_success(policy: str, pred: Prediction) -> np.ndarray:
     return pred.hybrid
 
 
-def _first_set(stepper: Stepper) -> tuple[int, ...]:
-    """The columns of the set the planner would buy before any answer (a fresh stepper's first decision)."""
-    probe = Stepper(stepper.estimator, stepper.names, stepper.ex_ante[0], stepper.cost[0], stepper.lam,
-                    None if stepper.context is None else stepper.context[0])
-    probe.next()
-    return probe.last_set
-
-
 class HybridPolicy:
     """The Router API's policy when an artefact is loaded: embed, predict, build_plan (hybrid+cascade)."""
 
@@ -170,7 +162,7 @@ class HybridPolicy:
             return None
         stepper = Stepper(self.estimator, names, pred.hybrid[0], pred.cost[0] / self.model.cost_scale, lam,
                           pred.p_task[0])
-        best_set = tuple(names[c] for c in _first_set(stepper))
+        best_set = stepper.first_set()
         if not best_set:
             return None
         path = "taxonomy" if pred.familiar[0] else "learned"

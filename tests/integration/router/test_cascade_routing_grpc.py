@@ -2,7 +2,6 @@
 an artefact whose post-hoc estimators `escalon eval` fitted) → serving (replay rungs of a synthetic benchmark)
 → judge, each a real server on a free port. The hashing encoder keeps the artefact model-free."""
 
-import contextlib
 import json
 
 import grpc
@@ -11,19 +10,13 @@ import pytest
 from escalon.benchmark import load_benchmark
 from escalon.errors import ConfigError
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
-from escalon.grpc import running_server
-from escalon.judge.servicer import JudgeService
-from escalon.judge.settings import JudgeSettings
 from escalon.offline.evaluation.evaluation import evaluate
 from escalon.offline.evaluation.replay_cascade import in_process_cascade, replay_catalogue
 from escalon.offline.evaluation.synthetic import write_synthetic
+from tests.integration.router.replaystack import replay_router
 from escalon.router.artefact import LiveArtefact, load_artefact
 from escalon.router.policy import RouteQuery
 from escalon.router.routing import ArtefactPolicy
-from escalon.router.servicer import RouterService
-from escalon.router.settings import RouterSettings
-from escalon.serving.servicer import ServingService
-from escalon.serving.settings import ServingSettings
 
 pytestmark = pytest.mark.integration
 THRESHOLDS = (0.3, 0.7, 0.95)
@@ -47,18 +40,8 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 async def router_address(trained):
     folder, _, catalogue, _ = trained
-    async with contextlib.AsyncExitStack() as stack:
-        serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=folder / "data")
-        serving = await stack.enter_async_context(
-            running_server(ServingService(serving_settings, catalogue), serving_settings, "escalon-serving"))
-        judge_settings = JudgeSettings(port=0)
-        judge = await stack.enter_async_context(
-            running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
-        router_settings = RouterSettings(port=0, serving_address=serving.address, judge_address=judge.address,
-                                         artefact=folder / "artefact", data_dir=folder / "data")
-        router = await stack.enter_async_context(
-            running_server(RouterService(router_settings, catalogue), router_settings, "escalon-router"))
-        yield router.address
+    async with replay_router(folder, catalogue, folder / "artefact") as address:
+        yield address
 
 
 def test_the_report_shows_the_ablation_in_one_run(trained):

@@ -3,15 +3,11 @@ router (loading a trained artefact) → serving (replay rungs over a synthetic b
 server on a free port. The artefact is trained on the synthetic benchmark with the hashing encoder (no model
 download), and rewritten to probe so the judged cascade, not only the route, is compared."""
 
-import contextlib
 
 import grpc
 import pytest
 
-from escalon.grpc import running_server
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
-from escalon.judge.servicer import JudgeService
-from escalon.judge.settings import JudgeSettings
 from escalon.router.artefact import LiveArtefact, load_artefact, source_fingerprint, write_artefact
 from escalon.benchmark import load_benchmark
 from escalon.offline.evaluation.evaluation import evaluate
@@ -21,8 +17,7 @@ from escalon.router.routing import ArtefactPolicy
 from escalon.router.servicer import RouterService
 from escalon.router.settings import RouterSettings
 from escalon.offline.evaluation.synthetic import write_synthetic
-from escalon.serving.servicer import ServingService
-from escalon.serving.settings import ServingSettings
+from tests.integration.router.replaystack import replay_router
 
 pytestmark = pytest.mark.integration
 THRESHOLDS = (0.3, 0.7, 0.95)
@@ -44,18 +39,8 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 async def router_address(trained):
     folder, _, catalogue = trained
-    async with contextlib.AsyncExitStack() as stack:
-        serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=folder / "data")
-        serving = await stack.enter_async_context(
-            running_server(ServingService(serving_settings, catalogue), serving_settings, "escalon-serving"))
-        judge_settings = JudgeSettings(port=0)
-        judge = await stack.enter_async_context(
-            running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
-        router_settings = RouterSettings(port=0, serving_address=serving.address, judge_address=judge.address,
-                                         artefact=folder / "artefact", data_dir=folder / "data")
-        router = await stack.enter_async_context(
-            running_server(RouterService(router_settings, catalogue), router_settings, "escalon-router"))
-        yield router.address
+    async with replay_router(folder, catalogue, folder / "artefact") as address:
+        yield address
 
 
 async def test_in_process_and_grpc_take_the_same_decisions(trained, router_address):
