@@ -91,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="submit and follow offline jobs on the queue")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    submit = jobs_sub.add_parser("submit", help="submit a job (the same id twice runs once)")
-    submit.add_argument("kind", help="job kind, e.g. profile")
+    submit = jobs_sub.add_parser("submit", help="submit a job (the same id twice runs once)", add_help=False)
+    from escalon.cli.jobs_help import KindsHelp
+
+    submit.add_argument("-h", "--help", action=KindsHelp)
+    submit.add_argument("kind", help="job kind: one of those listed below")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="job parameter; VALUE is parsed as JSON when it can be (repeatable)")
     for flag, text in (("teacher", "teacher rung, or program:arith (undo, siked)"),
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         submit.add_argument(f"--{flag}", help=f"{text}; the same as --param {flag}=...")
     submit.add_argument("--id", default="", help="idempotency key [default: generated]")
     submit.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
-    submit.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    submit.add_argument("--watch", action="store_true", help="follow progress with a progress bar until the job ends")
     for name, text in (("status", "show one job"), ("watch", "follow a job with a progress bar"),
                        ("cancel", "cancel a job")):
         p = jobs_sub.add_parser(name, help=text)
