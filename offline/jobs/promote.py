@@ -58,6 +58,8 @@ class PromoteParams(JobParams):
                                                               "(default: the items' task)")
     data_dir: str | None = Field(default=None, description="set at submit")
     models_dir: str | None = Field(default=None, description="set at submit")
+    cluster_dry_run: bool = Field(default=False, description="in a cluster: only print the diff promotion would "
+                                                             "apply (nothing registered anywhere)")
     step_delay_s: float = Field(default=0.0, ge=0, le=60, description="for tests and demos only")
 
 
@@ -189,7 +191,7 @@ def run(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
     profile = _profile(ctx, items, {name: (state["student"], s), target.name: (state["target"], t)}, params)
     registered = False
     overlay = promoted_path(params.data_dir or ".")
-    if decision and params.promote:
+    if decision and params.promote and not params.cluster_dry_run:
         register_promoted(overlay, candidate)
         registered = True
     result = {
@@ -212,6 +214,11 @@ def run(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
     if registered and params.router_artefact:
         result["router_artefact"] = _fold_into_router(params, ctx)
         ctx.write_artefact("promotion.json", json.dumps(result, indent=1))
+    if decision and (registered or params.cluster_dry_run):
+        cluster = _apply_in_cluster(params, candidate, ctx)
+        if cluster is not None:
+            result["cluster"] = cluster
+            ctx.write_artefact("promotion.json", json.dumps(result, indent=1))
     ctx.save_checkpoint(state, progress=1.0, message=result["decision"] + ": " + reason, step=2,
                         metrics={"student_accuracy": s["accuracy"], "target_accuracy": t["accuracy"],
                                  "promoted": registered})
@@ -230,6 +237,29 @@ def _fold_into_router(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
     except ConfigError as exc:
         return {"folded": False, "reason": str(exc), "artefact": params.router_artefact,
                 "fix": "escalon router fold-in --artefact ARTEFACT --promotion JOB_FOLDER --task TASK"}
+
+
+def _apply_in_cluster(params: PromoteParams, rung: Rung, ctx: JobContext) -> dict[str, Any] | None:
+    """In a cluster (or told a kubeconfig): the rung applied to the catalogue ConfigMap and the RayService
+    (escalon.offline.jobs.cluster); None where no cluster is wanted. A refusal is reported, not raised: the
+    local registration stands and the manual path is named."""
+    from escalon.config import load_settings
+    from escalon.errors import ConfigError
+    from escalon.offline.jobs.cluster import ClusterSettings, apply_promotion
+
+    settings = load_settings(ClusterSettings)
+    if not settings.wanted():
+        return None
+    try:
+        applied = apply_promotion(rung, params.base_rung, settings, dry_run=params.cluster_dry_run)
+    except ConfigError as exc:
+        return {"applied": False, "reason": str(exc),
+                "fix": "escalon cluster promote --promotion <this job's promotion.json> (or kubectl apply, "
+                       "docs/operations.md)"}
+    ctx.write_artefact("cluster.diff", applied["diff"])
+    ctx.report(0.95, ("dry run, nothing applied: " if params.cluster_dry_run else "applied: ")
+               + ", ".join(applied["objects"]) + "\n" + applied["diff"])
+    return {"applied": not params.cluster_dry_run, **applied}
 
 
 def _write_answers(ctx: JobContext, items: list[Item], by_model: dict[str, tuple[list[dict], dict]]) -> Path:

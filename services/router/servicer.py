@@ -20,7 +20,7 @@ from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
 from escalon.grpc import open_channel
 from escalon.metrics import metrics
 from escalon.tokens import TokenCounters
-from escalon.registry import Catalogue, LiveCatalogue, promoted_path
+from escalon.registry import Catalogue, LiveCatalogue
 from escalon.router.cascade import Attempt, Cascade, CascadeResult, SamplingConfig
 from escalon.router.clients import JudgeClient, ServingClient, wait_until_serving
 from escalon.router.policy import CheapestFirstPolicy, RoutePlan, RouteQuery, RoutingPolicy
@@ -230,7 +230,7 @@ class RouterService:
         tokens = TokenCounters(self.settings.data_dir / "models")
         cascade = Cascade(self.catalogue, ServingClient(serving), JudgeClient(judge), sampling, tokens=tokens)
         self.router = Router(self.settings, self.catalogue, cascade, self.policy)
-        self.router.live = LiveCatalogue(self.catalogue, promoted_path(self.settings.data_dir))
+        self.router.live = LiveCatalogue(self.catalogue, self.settings.promoted_overlay)
 
     async def watch(self, set_serving) -> None:
         """Health that tells the truth: NOT_SERVING while serving or the judge does not answer SERVING (so the

@@ -22,7 +22,7 @@ from escalon.errors import ConfigError, InvalidInput
 from escalon.gen.common.v1 import common_pb2
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.metrics import metrics
-from escalon.registry import Catalogue, LiveCatalogue, Rung, promoted_path
+from escalon.registry import Catalogue, LiveCatalogue, Rung
 from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_SAMPLES
 from escalon.tokens import TokenCounters
 
@@ -55,7 +55,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         runtime = InProcessTiers if settings.runtime == "inprocess" else RayTiers
         self.tiers: Tiers = tiers or runtime(self.rungs, settings)
         # Rungs promoted by distillation appear in an overlay file; each is loaded the first time it is seen.
-        self.live = LiveCatalogue(catalogue, promoted_path(settings.data_dir) if settings.serve_promoted else None)
+        self.live = LiveCatalogue(catalogue, settings.promoted_overlay if settings.serve_promoted else None)
         self._adding = asyncio.Lock()
         self.tokens = TokenCounters(settings.models_dir)  # context checks with each rung's tokenizer where known
 

@@ -46,10 +46,28 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, le=65535, description="port to bind; 0 picks a free one")
+    max_in_flight: int = Field(
+        default=64, ge=0, le=100_000,
+        description="calls handled at once (health and reflection not counted); one more is shed at once with "
+                    "RESOURCE_EXHAUSTED 'overloaded: ...' and a retry-after-ms hint; 0 = no bound",
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="port of the Prometheus /metrics endpoint (on host); unset = none, 0 = a free port",
     )
+    promoted_catalogue: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ESCALON_PROMOTED_CATALOGUE"),
+        description="rungs promoted by distillation (a `rungs:` YAML), re-read when it changes; "
+                    "<data_dir>/catalogue.promoted.yaml when unset (in a cluster: the catalogue ConfigMap's key)",
+    )
+
+    @property
+    def promoted_overlay(self) -> Path:
+        """Where this process reads promoted rungs from (escalon.registry.LiveCatalogue)."""
+        from escalon.registry import promoted_path
+
+        return self.promoted_catalogue or promoted_path(self.data_dir)
 
 
 S = TypeVar("S", bound=BaseSettings)
