@@ -101,7 +101,8 @@ def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progre
     paid_cost = np.minimum(ctx.costs, bound)
     texts = bench.texts
     answers = crf.recorded_answers([texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
-    answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths)
+    answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths,
+                          None if answers.checks is None else np.where(cut, np.nan, answers.checks))
     singles = ctx.costs.mean(axis=0)
     top = max(2.0 * singles.max(), float(np.quantile(bound.max(axis=1), 0.99)))
     budgets = np.geomspace(0.5 * singles.min(), top, BUDGET_POINTS)

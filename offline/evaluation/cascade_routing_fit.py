@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from escalon.answer_keys import answer_key
+from escalon.answer_keys import answer_evidence
+from escalon.execution import has_checks
 from escalon.router.cascade_routing import (DEPTH, INTERACTION, RUN_FEATURES, TOP_K, UNRUN_FEATURES, AnswerState,
                                             QualityEstimator, choose_answer, decide, encode_keys, logit,
                                             state_features, unrun_summary)
@@ -40,17 +41,36 @@ class Answers:
 
     codes: np.ndarray  # [n, R] answer-key ids within each prompt, −1 = no usable answer
     lengths: np.ndarray  # [n, R] characters
+    checks: np.ndarray | None = None  # [n, R] share of the prompt's tests passed when executed, NaN = unchecked
 
     def rows(self, index: np.ndarray) -> Answers:
-        return Answers(self.codes[index], self.lengths[index])
+        return Answers(self.codes[index], self.lengths[index], None if self.checks is None else self.checks[index])
+
+    def state(self, run: np.ndarray, rows: np.ndarray) -> AnswerState:
+        """The cascade's view of prompts `rows` once the rungs in `run` have answered."""
+        checks = None if self.checks is None else np.where(run, self.checks[rows], np.nan)
+        return AnswerState(run, np.where(run, self.codes[rows], -1), np.where(run, self.lengths[rows], 0.0), checks)
+
+    def at(self, rows: np.ndarray, rungs: np.ndarray) -> tuple:
+        """What `with_answer` needs for rung rungs[i] answering prompt rows[i]."""
+        return (self.codes[rows, rungs], self.lengths[rows, rungs],
+                None if self.checks is None else self.checks[rows, rungs])
 
 
-def recorded_answers(prompts: list[str], responses: np.ndarray | None, n_models: int) -> Answers:
+def recorded_answers(prompts: list[str], responses: np.ndarray | None, n_models: int,
+                     progress=lambda message: None) -> Answers:
+    """Answer keys of the recorded responses; code answers to prompts that state tests are executed
+    (escalon.answer_keys.answer_evidence), the rest compared as text."""
     if responses is None:
         return Answers(np.full((len(prompts), n_models), -1, np.int64), np.zeros((len(prompts), n_models)))
-    keys = [[answer_key(r if isinstance(r, str) else None, p) for r in row] for p, row in zip(prompts, responses)]
-    lengths = np.array([[len(r) if isinstance(r, str) else 0 for r in row] for row in responses], dtype=float)
-    return Answers(encode_keys(keys), lengths)
+    texts = [[r if isinstance(r, str) else None for r in row] for row in responses]
+    testable = sum(has_checks(p) for p in prompts)
+    if testable:
+        progress(f"cascade routing: running the code answers of {testable} prompts that state tests")
+    evidence = [answer_evidence(p, row) for p, row in zip(prompts, texts)]
+    lengths = np.array([[len(t) if t else 0 for t in row] for row in texts], dtype=float)
+    checks = np.array([c for _, c in evidence], float) if testable else None
+    return Answers(encode_keys([k for k, _ in evidence]), lengths, checks)
 
 
 def sample_states(rng: np.random.Generator, ex_ante: np.ndarray, cost: np.ndarray, lambdas, per_prompt: int,
@@ -110,7 +130,7 @@ def fit_estimator(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, score
         context = context[keep]
         n = MAX_FIT_PROMPTS
     run, rows = sample_states(rng, ex_ante, cost, lambdas, STATES_PER_PROMPT)
-    state = AnswerState(run, np.where(run, answers.codes[rows], -1), np.where(run, answers.lengths[rows], 0.0))
+    state = answers.state(run, rows)
     blank = QualityEstimator(rungs, families, np.zeros(len(RUN_FEATURES) + R), 0.0,
                              np.zeros(len(UNRUN_FEATURES) + R), 0.0, np.zeros((DEPTH, R)))
     run_x, _ = state_features(ex_ante[rows], state, blank.cross_family)
@@ -123,7 +143,7 @@ def fit_estimator(ex_ante: np.ndarray, cost: np.ndarray, answers: Answers, score
     # rung before any answer (so the first step compares calibrated estimates, as later steps do)
     rows = np.concatenate([rows, np.arange(n)])
     run = np.vstack([run, np.zeros((n, R), bool)])
-    state = AnswerState(run, np.where(run, answers.codes[rows], -1), np.where(run, answers.lengths[rows], 0.0))
+    state = answers.state(run, rows)
     unrun_x = _unrun_features(est, ex_ante[rows], state, context[rows])
     pick = _pick_unrun(rng, ~run, UNRUN_PER_STATE)
     pick[-n:] = True
@@ -145,14 +165,14 @@ def _fit_tau(est: QualityEstimator, ex_ante: np.ndarray, answers: Answers, rng: 
     for d in range(1, DEPTH):
         run, rows = sample_states(rng, ex_ante, np.zeros_like(ex_ante), lambdas, 1, depth=d)
         run = _exact_size(rng, run, d)
-        state = AnswerState(run, np.where(run, answers.codes[rows], -1), np.where(run, answers.lengths[rows], 0.0))
+        state = answers.state(run, rows)
         before, _ = est.estimate(ex_ante[rows], state, context[rows])
         best = np.where(run, before, -np.inf).argmax(-1)
         grown = state
         for k in range(1, DEPTH - d + 1):
             j = np.array([rng.choice(np.flatnonzero(~r)) if (~r).any() else -1 for r in grown.run])
             ok = np.flatnonzero(j >= 0)
-            grown = grown.with_answer(ok, j[ok], answers.codes[rows[ok], j[ok]], answers.lengths[rows[ok], j[ok]])
+            grown = grown.with_answer(ok, j[ok], *answers.at(rows[ok], j[ok]))
             after, _ = est.estimate(ex_ante[rows], grown, context[rows])
             i = np.arange(len(rows))
             tau[d, k] = float(np.sqrt(np.mean((after[i, best] - before[i, best]) ** 2)))
@@ -192,12 +212,12 @@ def _fit_sigma(est: QualityEstimator, ex_ante: np.ndarray, answers: Answers, rng
         else:
             run, rows = sample_states(rng, ex_ante, np.zeros_like(ex_ante), lambdas, 1, depth=d)
             run = _exact_size(rng, run, d)
-        state = AnswerState(run, np.where(run, answers.codes[rows], -1), np.where(run, answers.lengths[rows], 0.0))
+        state = answers.state(run, rows)
         before, _ = est.estimate(ex_ante[rows], state, context[rows])
         j = np.array([rng.choice(np.flatnonzero(~r)) if (~r).any() else -1 for r in run])
         ok = j >= 0
         rr, jj = np.flatnonzero(ok), j[ok]
-        after_state = state.with_answer(rr, jj, answers.codes[rows[rr], jj], answers.lengths[rows[rr], jj])
+        after_state = state.with_answer(rr, jj, *answers.at(rows[rr], jj))
         after, _ = est.estimate(ex_ante[rows], after_state, context[rows])
         diff = before[rr, jj] - after[rr, jj]
         np.add.at(sq[d], jj, diff ** 2)
@@ -244,7 +264,7 @@ def simulate(est: QualityEstimator, ex_ante: np.ndarray, cost: np.ndarray, answe
         step = decide(est, ex_ante, state, cost, lam, context, allowed, bound, remaining, depth, top_k)
         go = active & (step.next_rung >= 0)
         rows, rungs = np.flatnonzero(go), step.next_rung[go]
-        state = state.with_answer(rows, rungs, answers.codes[rows, rungs], answers.lengths[rows, rungs])
+        state = state.with_answer(rows, rungs, *answers.at(rows, rungs))
         paid[rows] += costs[rows, rungs]
         if bound is not None:
             committed[rows] += bound[rows, rungs]

@@ -28,10 +28,10 @@ from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.judge import panel
 from escalon.answers import infer_answer_type
 from escalon.judge.calibration import Applied, Calibration
-from escalon.judge.execution import SANDBOX, extract_probes, pass_share
+from escalon.execution import SANDBOX, extract_probes, pass_share
 from escalon.judge.panel import Candidate, JudgeResult, JudgeWeights, Verdict, judge_answers
 from escalon.judge.ptrue import JudgeModel, JudgeUnavailable, ptrue_prompt, read_ptrue
-from escalon.judge.sandbox import Sandbox
+from escalon.sandbox import Sandbox
 from escalon.judge.textual import TEXT_JUDGES, text_judge
 from escalon.judge.tokens import TOKEN_JUDGES, features, mean_self_certainty, squash_self_certainty, token_confidence
 from escalon.registry import Catalogue

@@ -48,10 +48,10 @@ class Verdict:
 
 def parse_answers(prompt: str, texts: list[str], answer_type: int) -> list[str | None]:
     """Parse the answers to one prompt. Code is compared by what it does: each program runs in the sandbox
-    against the prompt's tests and examples (escalon.judge.execution); other types parse text alone
+    against the prompt's tests and examples (escalon.execution); other types parse text alone
     (escalon.answers)."""
     if answer_type == AnswerType.ANSWER_TYPE_CODE:
-        from escalon.judge.execution import execution_answers
+        from escalon.execution import execution_answers
 
         return list(execution_answers(prompt, texts).parsed)
     return [parse_answer(text, answer_type) for text in texts]

@@ -14,7 +14,7 @@ from escalon.judge.calibration import Calibration
 from escalon.judge.engine import JudgeEngine, known_judges
 from escalon.judge.panel import Candidate, JudgeWeights
 from escalon.judge.ptrue import ServingJudgeModel
-from escalon.judge.sandbox import Sandbox, SandboxLimits
+from escalon.sandbox import Sandbox, SandboxLimits
 from escalon.judge.settings import JudgeSettings
 from escalon.judge.tokens import TokenStat
 from escalon.metrics import metrics

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from escalon.answer_keys import answer_key
+from escalon.answer_keys import answer_evidence
+from escalon.execution import has_checks
 from escalon.errors import BudgetExceeded, NotAnswerable, RungUnavailable
 from escalon.judging import Candidate, Judgement, JudgeResult
 from escalon.metrics import metrics
@@ -88,6 +89,18 @@ class SamplingConfig:
 
 
 EventSink = Callable[[str, Attempt | None, str], Awaitable[None]]
+
+
+async def _evidence(prompt: str, answer: Candidate) -> tuple[str | None, float]:
+    """The answer's key and the share of the prompt's tests it passes (NaN: not executed). A prompt that
+    states tests has its code answer run in the sandbox, off the event loop."""
+    if answer.truncated:
+        return None, float("nan")
+    if has_checks(prompt):
+        keys, checks = await asyncio.to_thread(answer_evidence, prompt, [answer.text])
+    else:
+        keys, checks = answer_evidence(prompt, [answer.text])
+    return keys[0], checks[0]
 
 
 async def _no_event(kind: str, attempt: Attempt | None, message: str) -> None:
@@ -256,8 +269,8 @@ class Cascade:
                 attempt.parsed_answer = judgement.answer
                 attempt.answer = judgement.answer_text or answers[0].text
                 first = answers[0]
-                stepper.observe(rung.name, None if first.truncated else answer_key(first.text, query.prompt),
-                                len(first.text), self.cost_bound(rung, query))
+                key, check = await _evidence(query.prompt, first)
+                stepper.observe(rung.name, key, len(first.text), self.cost_bound(rung, query), check)
                 attempt.confidence = float(stepper.estimates()[0][stepper.names.index(rung.name)])
                 span.set_attribute(ATTR_CONFIDENCE, attempt.confidence)
                 span.set_attribute(ATTR_COST_USD, attempt.cost_usd)

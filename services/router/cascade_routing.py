@@ -15,7 +15,9 @@ of queries at once and the Router API (n = 1) takes exactly the same decisions. 
 Post-hoc features of a run rung i: its ex-ante logit, how many of the other answers agree with its answer
 key (escalon.answer_keys) and their summed ŝ, the same for disagreeing answers, agreement from another
 family, answer length, whether i holds the heaviest cluster, the largest ŝ agreeing and disagreeing, how
-many ran, a per-rung bias and a per-rung weight on the agreeing weight. Of an unrun rung j: its ex-ante
+many ran, a per-rung bias and a per-rung weight on the agreeing weight, and — for code answers to a prompt
+that states tests (escalon.answer_keys.answer_evidence) — whether it was executed, the share of tests it
+passed and whether it passed them all. Of an unrun rung j: its ex-ante
 logit, how many rungs ran, the heaviest cluster's weight and share, distinct answers, whether all agree, the
 best run rung's post-hoc estimate, the mean ŝ of what ran, a per-rung bias and weight. Both also see the
 query's task probabilities (the context).
@@ -34,7 +36,8 @@ TOP_K = 5  # candidate unrun rungs considered per step (best q̂ − λĉ first)
 EPS = 1e-4
 
 RUN_FEATURES = ("logit_s", "n_agree", "w_agree", "n_disagree", "w_disagree", "cross_family_agree",
-                "log_len", "in_top_cluster", "max_s_agree", "max_s_disagree", "n_run")
+                "log_len", "in_top_cluster", "max_s_agree", "max_s_disagree", "n_run", "checked", "check_pass",
+                "check_full")
 UNRUN_FEATURES = ("logit_s", "n_run", "top_weight", "top_share", "n_distinct", "best_run_q", "mean_run_s",
                   "agree_all")
 # the feature each rung gets its own weight for: how much the other answers back it / how sure the best run is
@@ -51,22 +54,30 @@ class AnswerState:
     """What the cascade has bought for n queries: which rungs ran and what they said.
 
     codes: [n, R] int, the answer key's id within its query (equal ids = same answer), −1 = none.
-    lengths: [n, R] answer characters (0 where not run)."""
+    lengths: [n, R] answer characters (0 where not run).
+    checks: [n, R] share of the prompt's tests the answer passed when executed, NaN = not checked (no tests
+    in the prompt, not code, or not run); None = nothing checked."""
 
     run: np.ndarray
     codes: np.ndarray
     lengths: np.ndarray
+    checks: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n: int, r: int) -> AnswerState:
         return cls(np.zeros((n, r), bool), np.full((n, r), -1, np.int64), np.zeros((n, r)))
 
-    def with_answer(self, rows: np.ndarray, rungs: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> AnswerState:
+    def with_answer(self, rows: np.ndarray, rungs: np.ndarray, codes: np.ndarray, lengths: np.ndarray,
+                    checks: np.ndarray | None = None) -> AnswerState:
         run, c, ln = self.run.copy(), self.codes.copy(), self.lengths.copy()
         run[rows, rungs] = True
         c[rows, rungs] = codes
         ln[rows, rungs] = lengths
-        return AnswerState(run, c, ln)
+        ch = self.checks
+        if checks is not None or ch is not None:
+            ch = np.full(run.shape, np.nan) if ch is None else ch.copy()
+            ch[rows, rungs] = np.nan if checks is None else checks
+        return AnswerState(run, c, ln, ch)
 
 
 def encode_keys(keys: list[list[str | None]]) -> np.ndarray:
@@ -119,8 +130,12 @@ def state_features(ex_ante: np.ndarray, state: AnswerState, cross_family: np.nda
     distinct = (valid_s & ~(equal & earlier).any(-1)).sum(-1)
     agree_all = (n_run >= 2) & (top_share >= 1.0 - 1e-12)
     log_len = np.log1p(state.lengths) / 10.0
+    checks = np.full(s.shape, np.nan) if state.checks is None else np.where(run, state.checks, np.nan)
+    checked = ~np.isnan(checks)
+    passed = np.nan_to_num(checks, nan=0.0)
     run_x = np.stack([logit(s), n_agree, w_agree, n_dis, w_dis, cross, log_len, in_top, max_agree, max_dis,
-                      np.broadcast_to((n_run - 1)[:, None], s.shape)], axis=-1).astype(float)
+                      np.broadcast_to((n_run - 1)[:, None], s.shape), checked, passed,
+                      checked & (passed >= 1.0 - 1e-9)], axis=-1).astype(float)
     summary = np.stack([top_w, top_share, distinct, agree_all], axis=-1).astype(float)
     return run_x, summary
 
@@ -200,14 +215,41 @@ class QualityEstimator:
 
     @classmethod
     def from_dict(cls, data: dict) -> QualityEstimator:
-        if data.get("features", {}).get("run") != list(RUN_FEATURES) or \
-                data.get("features", {}).get("unrun") != list(UNRUN_FEATURES):
-            raise ValueError("the estimator was fitted on other features; re-run `escalon eval` to refit it")
-        return cls(list(data["rungs"]), list(data["families"]), np.array(data["run_coef"], float),
-                   float(data["run_bias"]), np.array(data["unrun_coef"], float), float(data["unrun_bias"]),
-                   np.array(data["sigma"], float), np.array(data["tau"], float), bool(data.get("posthoc", True)),
-                   {k: (np.array(m), np.array(s)) for k, (m, s) in data.get("scale", {}).items()},
+        """An artefact fitted before a feature was added reads with weight 0 on it (it behaves as it did);
+        one that names a feature this code does not know must be refitted."""
+        stored = data.get("features", {})
+        R = len(data["rungs"])
+        scale = {k: (np.array(m, float), np.array(sd, float)) for k, (m, sd) in data.get("scale", {}).items()}
+        coefs = {}
+        for which, current in (("run", RUN_FEATURES), ("unrun", UNRUN_FEATURES)):
+            names = list(stored.get(which, ()))
+            if not set(names) <= set(current) or current[INTERACTION[which]] not in names:
+                raise ValueError(f"the estimator was fitted on other {which} features ({', '.join(names)}); "
+                                 "re-run `escalon eval` to refit it")
+            coefs[which], scale_of = _remap(np.array(data[f"{which}_coef"], float), scale.get(which), names,
+                                            current, R)
+            if scale_of is not None:
+                scale[which] = scale_of
+        return cls(list(data["rungs"]), list(data["families"]), coefs["run"], float(data["run_bias"]),
+                   coefs["unrun"], float(data["unrun_bias"]), np.array(data["sigma"], float),
+                   np.array(data["tau"], float), bool(data.get("posthoc", True)), scale,
                    int(data.get("depth", DEPTH)))
+
+
+def _remap(coef: np.ndarray, scale, names: list[str], current: tuple[str, ...], R: int):
+    """Coefficients [features, R biases, R interaction weights, context] in `names` order → `current` order."""
+    if names == list(current):
+        return coef, None
+    f = len(names)
+    out = np.zeros(len(current) + len(coef) - f)
+    mean, std = np.zeros(len(current)), np.ones(len(current))
+    for i, name in enumerate(names):
+        j = current.index(name)
+        out[j] = coef[i]
+        if scale is not None:
+            mean[j], std[j] = scale[0][i], scale[1][i]
+    out[len(current):] = coef[f:]
+    return out, (mean, std)
 
 
 def expected_max(base: np.ndarray, mu: np.ndarray, sigma: np.ndarray, member: np.ndarray,
@@ -368,11 +410,14 @@ class Stepper:
     def _column(self, rung: str) -> int:
         return self.names.index(rung)
 
-    def observe(self, rung: str, key: str | None, length: int, cost_bound: float = 0.0) -> None:
+    def observe(self, rung: str, key: str | None, length: int, cost_bound: float = 0.0,
+                check: float = float("nan")) -> None:
+        """check: the share of the prompt's tests the answer passed (NaN: not executed)."""
         code = -1 if key is None else self.keys.setdefault(key, len(self.keys))
         column = self._column(rung)
         self.state = self.state.with_answer(np.array([0]), np.array([column]), np.array([code]),
-                                            np.array([float(length)]))
+                                            np.array([float(length)]),
+                                            None if np.isnan(check) and self.state.checks is None else np.array([check]))
         if self.remaining is not None:
             self.remaining = self.remaining - cost_bound
         self._decided = None

@@ -8,12 +8,18 @@ normalised (case, spacing, `$`, trailing punctuation, numbers in canonical decim
 "$18.00" and "18." agree. None means no usable answer (empty, or nothing parsable).
 
 Base models often run on into an invented next question; the text is cut there first.
+
+Code answers to a prompt that states tests are keyed by what they do instead (`answer_evidence`): each
+program runs in the sandbox against the prompt's tests (escalon.execution), programs that pass and fail the
+same tests share a key, and the share of tests passed is evidence of its own.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+
+from escalon.execution import checked_answers
 
 MAX_KEY = 120  # keys are compared, never shown: a long free-text answer is cut to its start
 
@@ -57,6 +63,17 @@ def answer_key(text: str | None, prompt: str = "") -> str | None:
         return _number(numbers[-1])
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return _normalise(lines[-1], choice) if lines else None
+
+
+def answer_evidence(prompt: str, texts: list[str | None]) -> tuple[list[str | None], list[float]]:
+    """Per answer to one prompt: its key, and the share of the prompt's tests it passes (NaN: not checked —
+    the prompt states no test or the answer is not code). Runs programs only when the prompt states tests."""
+    keys = [answer_key(t, prompt) for t in texts]
+    checks = [float("nan")] * len(texts)
+    for i, found in enumerate(checked_answers(prompt, texts) or ()):
+        if found is not None:
+            keys[i], checks[i] = found
+    return keys, checks
 
 
 def _cut_run_on(text: str) -> str:

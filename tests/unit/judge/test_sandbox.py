@@ -6,9 +6,9 @@ import threading
 import pytest
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge.execution import candidate_program, execution_answers, extract_probes, pass_share
+from escalon.execution import candidate_program, execution_answers, extract_probes, pass_share
 from escalon.judge.panel import Candidate, judge_answers
-from escalon.judge.sandbox import Sandbox, SandboxLimits
+from escalon.sandbox import Sandbox, SandboxLimits
 
 pytestmark = pytest.mark.unit
 CODE = AnswerType.ANSWER_TYPE_CODE

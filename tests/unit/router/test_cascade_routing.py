@@ -114,6 +114,81 @@ def test_estimator_round_trips_and_refuses_other_features(estimator):
         QualityEstimator.from_dict(data)
 
 
+def test_an_estimator_fitted_before_the_check_features_reads_as_it_did(estimator):
+    """Artefacts written before code checks existed load with weight 0 on them and estimate the same."""
+    from escalon.router.cascade_routing import RUN_FEATURES
+
+    data = estimator.to_dict()
+    keep = [i for i, f in enumerate(RUN_FEATURES) if not f.startswith("check")]
+    f = len(RUN_FEATURES)
+    data["features"]["run"] = [RUN_FEATURES[i] for i in keep]
+    data["run_coef"] = [data["run_coef"][i] for i in keep] + data["run_coef"][f:]
+    mean, std = data["scale"]["run"]
+    data["scale"]["run"] = [[mean[i] for i in keep], [std[i] for i in keep]]
+    old = QualityEstimator.from_dict(data)
+    x = np.array([[0.5, 0.6, 0.9]])
+    state = AnswerState.empty(1, 3).with_answer(np.array([0]), np.array([0]), np.array([0]), np.array([20.0]))
+    ours = estimator.estimate(x, state)[0]
+    zeroed = QualityEstimator.from_dict(estimator.to_dict())
+    for name in ("checked", "check_pass", "check_full"):
+        zeroed.run_coef[RUN_FEATURES.index(name)] = 0.0
+    assert np.allclose(old.estimate(x, state)[0], zeroed.estimate(x, state)[0])
+    assert ours.shape == (1, 3)
+
+
+def _code_benchmark(n: int, seed: int):
+    """Prompts whose code answers were executed: a right answer passes every test, a wrong one some.
+    Answer keys are made distinct per answer, so agreement carries no signal and only the checks do."""
+    rng = np.random.default_rng(seed)
+    skill = np.array([0.35, 0.6, 0.85])
+    scores = (rng.random((n, 3)) < skill).astype(float)
+    checks = np.where(scores > 0, 1.0, rng.choice([0.0, 1 / 3, 2 / 3], size=(n, 3)))
+    codes = np.tile(np.arange(3), (n, 1))
+    answers = crf.Answers(codes, np.full((n, 3), 200.0), checks)
+    ex_ante = np.clip(skill + rng.normal(0, 0.05, (n, 3)), 0.02, 0.98)
+    cost = np.tile([0.1, 0.5, 2.0], (n, 1))
+    return ex_ante, cost, answers, scores
+
+
+def test_executed_code_answers_make_the_post_hoc_estimate_sharp():
+    ex_ante, cost, answers, scores = _code_benchmark(500, 1)
+    est = crf.fit_estimator(ex_ante, cost, answers, scores, ["a", "b", "c"], ["x", "y", "z"], LAMBDAS, seed=0)
+    ex_t, cost_t, answers_t, scores_t = _code_benchmark(300, 2)
+    rows = np.arange(300)
+    state = AnswerState.empty(300, 3).with_answer(rows, np.zeros(300, int), *answers_t.at(rows, np.zeros(300, int)))
+    q, _ = est.estimate(ex_t, state)
+    assert roc_auc_score(scores_t[:, 0] >= 0.5, q[:, 0]) > 0.9
+    blind = AnswerState(state.run, state.codes, state.lengths)  # the same answers, not executed
+    q_blind, _ = est.estimate(ex_t, blind)
+    assert roc_auc_score(scores_t[:, 0] >= 0.5, q_blind[:, 0]) < 0.7
+    out = crf.simulate(est, ex_t, cost_t, answers_t, scores_t, cost_t, lam=0.05)
+    assert out.quality.mean() > scores_t[:, 2].mean()  # a passing cheap answer is kept, a failing one climbs
+
+
+def test_code_answers_are_keyed_by_what_they_do():
+    from escalon.answer_keys import answer_evidence
+
+    prompt = "Write add(a, b).\nYour code should pass these tests:\nassert add(1, 2) == 3\nassert add(2, 2) == 4"
+    texts = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(x, y):\n    return y + x",
+             "```python\ndef add(a, b):\n    return a * b\n```", "I think it is 3.", None]
+    keys, checks = answer_evidence(prompt, texts)
+    assert keys[0] == keys[1] != keys[2]  # same behaviour, different text
+    assert checks[:3] == [1.0, 1.0, 0.5] and np.isnan(checks[3]) and np.isnan(checks[4])
+    plain_keys, plain_checks = answer_evidence("What is 1 + 2?", ["3", "three is 3"])
+    assert plain_keys == ["3", "3"] and all(np.isnan(plain_checks))
+
+
+def test_the_routers_cascade_executes_a_code_answer_before_it_plans_on():
+    from escalon.judging import Candidate
+    from escalon.router.cascade import _evidence
+
+    prompt = "Write sq(x).\nassert sq(3) == 9\nassert sq(0) == 0"
+    key, check = asyncio.run(_evidence(prompt, Candidate("def sq(x):\n    return x * x + x")))
+    assert key.startswith("exec:") and check == 0.5
+    key, check = asyncio.run(_evidence(prompt, Candidate("def sq(x):\n    return x * x", truncated=True)))
+    assert key is None and np.isnan(check)  # a truncated answer is not judged
+
+
 def test_cascade_routing_pays_off_where_answers_agree(synthetic, estimator):
     """On data where agreeing answers are right, cascade routing beats the best one-call choice per λ."""
     bench, ex_ante, cost, answers, _ = synthetic

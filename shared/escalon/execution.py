@@ -1,7 +1,7 @@
 """Code answers compared by what they do, not how they are written (docs/judges.md, Execution: a
 deterministic check, where one exists, beats any model's opinion).
 
-Each candidate's code runs in the sandbox (escalon.judge.sandbox) against *probes* taken from the prompt:
+Each candidate's code runs in the sandbox (escalon.sandbox) against *probes* taken from the prompt:
   - `assert ...` lines (MBPP-style tests)                → "pass" | "fail" | "error:<Exception>"
   - doctest examples `>>> expr` with their expected line → "pass" | "fail" | "error:<Exception>"
   - doctest examples without an expected line           → "value:<repr>"
@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
-from escalon.judge.sandbox import Sandbox, SandboxLimits
+from escalon.sandbox import Sandbox, SandboxLimits
 
 MAX_PROBES = 20
 MARK = "\x00ESCALON-EXEC\x00"
@@ -36,7 +36,7 @@ _ASSERT = re.compile(r"^\s*(assert\s+.+?)\s*$", re.MULTILINE)
 _DEF = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
 #: The sandbox the current Score call uses; the judge engine sets its configured one for each call.
-SANDBOX: ContextVar[Sandbox | None] = ContextVar("escalon_judge_sandbox", default=None)
+SANDBOX: ContextVar[Sandbox | None] = ContextVar("escalon_sandbox", default=None)
 
 
 @lru_cache(maxsize=1)
@@ -147,6 +147,37 @@ def execution_answers(prompt: str, texts: list[str], sandbox: Sandbox | None = N
     if not probes and any(p is not None and p.startswith("text:") for p in parsed):
         mode = "text"
     return ExecutionParse(tuple(parsed), mode, tuple(probes), tuple(statuses))
+
+
+def has_checks(prompt: str) -> bool:
+    """Whether the prompt states tests or examples with expected values (cheap: no program runs)."""
+    return ("assert" in prompt or ">>>" in prompt) and any(p.checkable for p in extract_probes(prompt))
+
+
+def checked_answers(prompt: str, texts: list[str | None], sandbox: Sandbox | None = None
+                    ) -> list[tuple[str, float] | None] | None:
+    """Code answers to a prompt that carries tests, judged by running them: per answer its behaviour key
+    ("exec:[...]", equal for programs that pass and fail the same probes) and the share of the prompt's
+    checkable probes it passes (0 for code that does not run). None for an answer that is not code (no
+    function definition), and None overall when the prompt states no checkable test — callers then compare
+    text. Used by cascade routing's post-hoc estimates (docs/cascade-routing.md)."""
+    if not prompt or not has_checks(prompt):
+        return None
+    probes = extract_probes(prompt)
+    out: list[tuple[str, float] | None] = [None] * len(texts)
+    programs = {i: candidate_program(prompt, t) for i, t in enumerate(texts) if isinstance(t, str) and t.strip()}
+    code = {i: p for i, p in programs.items() if p is not None and _DEF.search(p)}
+    runnable = [i for i, p in code.items() if _compiles(p, "exec")]
+    results = dict(zip(runnable, (sandbox or current_sandbox()).run_many([_harness(code[i], probes)
+                                                                           for i in runnable])))
+    for i in code:
+        report = _report(results[i].stdout) if i in results and results[i].ok else None
+        if report is None or "define" in report:
+            out[i] = ("exec:broken", 0.0)
+            continue
+        parsed = "exec:" + json.dumps(report["probes"])
+        out[i] = (parsed, pass_share(parsed, tuple(probes)) or 0.0)
+    return out
 
 
 def pass_share(parsed: str | None, probes: tuple[Probe, ...]) -> float | None:
