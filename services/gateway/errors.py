@@ -4,7 +4,8 @@ PermissionDeniedError, 404 NotFoundError, 429 RateLimitError, >= 500 InternalSer
 
 gRPC statuses from the Router API are mapped here, once: INVALID_ARGUMENT 400 (param = the field the
 details name before the ':'), RESOURCE_EXHAUSTED 429 (a key's rate limit with Retry-After; a budget with
-x-should-retry: false), UNAUTHENTICATED 401, PERMISSION_DENIED 403, UNAVAILABLE 503, NOT_FOUND 404, DEADLINE_EXCEEDED 504,
+x-should-retry: false) or 503 (a service shed the call at its in-flight limit, "overloaded:", with Retry-After
+and retry-after-ms from its hint), UNAUTHENTICATED 401, PERMISSION_DENIED 403, UNAVAILABLE 503, NOT_FOUND 404, DEADLINE_EXCEEDED 504,
 anything else 500.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 import grpc
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+from escalon.grpc import overloaded, retry_after_ms
 
 # What the Router API calls a field, as the OpenAI request calls it.
 _PARAM_OF_FIELD = {
@@ -74,6 +77,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str = "router") -> APIError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return invalid(details, param_of(details))
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if overloaded(exc):  # shed at an in-flight limit (escalon.grpc.Admission): retry after the hint
+            return _overloaded(details, retry_after_ms(exc))
         retry = _RETRY_IN.search(details)
         if details.startswith("rate_limit: ") and retry:  # a key's rate limit (escalon.auth): it passes
             return APIError(429, details, type="requests", code="rate_limit_exceeded",
@@ -98,6 +103,14 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str = "router") -> APIError:
         return APIError(504, f"the {what} did not answer in time: {details}", type="timeout_error",
                         code="deadline_exceeded")
     return APIError(500, f"{what} error {code.name}: {details}", type="server_error", code=code.name.lower())
+
+
+def _overloaded(details: str, wait_ms: int | None) -> APIError:
+    """503 with Retry-After (whole seconds, at least 1) and retry-after-ms (what the OpenAI SDKs read first):
+    the SDKs retry a 503 by themselves, after the wait given."""
+    wait_ms = 1000 if wait_ms is None else wait_ms
+    return APIError(503, details, type="service_unavailable_error", code="overloaded",
+                    headers={"retry-after": str(max(1, math.ceil(wait_ms / 1000))), "retry-after-ms": str(wait_ms)})
 
 
 def param_of(details: str) -> str | None:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from escalon.errors import EscalonError, InvalidInput, NotAnswerable, RungUnavailable
-from escalon.grpc import REASON_KEY
+from escalon.errors import EscalonError, InvalidInput, NotAnswerable, Overloaded, RungUnavailable
+from escalon.grpc import REASON_KEY, overloaded, retry_after_ms
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.registry import Rung
@@ -23,6 +23,8 @@ def _domain_error(exc: grpc.aio.AioRpcError, what: str) -> EscalonError:
     message = f"{what}: {exc.details()}"
     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(message)
+    if overloaded(exc):  # shed downstream: the caller retries later; not a fault of the rung (no circuit counts it)
+        return Overloaded(f"{exc.details()} ({what})", retry_after_ms=retry_after_ms(exc))
     trailing = dict(exc.trailing_metadata() or ())
     if trailing.get(REASON_KEY) == NotAnswerable.reason:  # healthy, but cannot answer this prompt
         return NotAnswerable(message)

@@ -55,6 +55,19 @@ class BudgetExceeded(EscalonError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Overloaded(EscalonError):
+    """A service is at its bound on calls in flight (escalon.grpc.Admission) and shed this one: retry after
+    `retry_after_ms`. Raised by a client that was shed downstream, so the shed reaches the original caller
+    with its hint instead of counting as the dependency failing (no circuit opens for it)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class DeadlineExceeded(EscalonError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

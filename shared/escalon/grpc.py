@@ -9,6 +9,8 @@ Order of life (STYLE.md practices 3-5):
 What every server refuses the same way, so no servicer has to:
   - a second server on a taken port: SO_REUSEPORT is off, so the bind fails, naming the port and its holder;
   - calls before start() returned: UNAVAILABLE "starting, retry" (health and reflection still answer);
+  - a call beyond max_in_flight (ESCALON_<SERVICE>_MAX_IN_FLIGHT) calls in progress: RESOURCE_EXHAUSTED
+    "overloaded: ..." at once, with a retry hint in the trailing metadata (retry-after-ms), never a queue;
   - bytes that are not the request message (bad wire format, invalid UTF-8 in a string field):
     INVALID_ARGUMENT, logged as one line per client address per minute, never a traceback;
   - messages over MAX_MESSAGE_BYTES: RESOURCE_EXHAUSTED from gRPC itself;
@@ -33,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from escalon.config import ServiceSettings
 from escalon.errors import EscalonError, clip
-from escalon.metrics import GrpcMetricsInterceptor, serve_metrics
+from escalon.metrics import GrpcMetricsInterceptor, metrics, serve_metrics, split_method
 from escalon.telemetry import configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,41 @@ except ImportError:  # pragma: no cover - another grpcio layout
     _CALL_OVER = ()
 DECODE_LOG_INTERVAL_S = 60.0
 _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: trailing metadata of a shed call: how long to wait before retrying, in milliseconds
+RETRY_AFTER_KEY = "retry-after-ms"
+OVERLOADED = "overloaded: "  # the prefix of every shed call's message, which clients (the gateway) look for
+RETRY_AFTER_MIN_MS, RETRY_AFTER_MAX_MS = 100, 10_000
+
+
+class Admission:
+    """The bound on calls a server handles at once (load shedding), and the retry hint a shed call gets.
+
+    A call over the bound is refused at once rather than queued: a queue in front of a saturated service
+    only turns overload into timeouts for everyone, including the calls that arrive after the burst. The
+    hint is the recent mean duration of admitted calls (the time in which the calls now running turn over),
+    within [RETRY_AFTER_MIN_MS, RETRY_AFTER_MAX_MS]. All of it runs on the server's one event loop: no lock.
+    """
+
+    def __init__(self, limit: int = 0, setting: str = "max_in_flight") -> None:
+        self.limit = limit  # 0: no bound
+        self.setting = setting  # the environment variable, for the message
+        self.in_flight = 0
+        self._mean_s = RETRY_AFTER_MIN_MS / 1000
+
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.in_flight >= self.limit
+
+    def enter(self) -> float:
+        self.in_flight += 1
+        return time.perf_counter()
+
+    def leave(self, started: float) -> None:
+        self.in_flight -= 1
+        self._mean_s += 0.05 * (time.perf_counter() - started - self._mean_s)  # EWMA over ~20 calls
+
+    def retry_after_ms(self) -> int:
+        return int(min(RETRY_AFTER_MAX_MS, max(RETRY_AFTER_MIN_MS, self._mean_s * 1000)))
 
 
 class Service(Protocol):
@@ -104,11 +141,13 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns EscalonError into its status code and message; undecodable requests into INVALID_ARGUMENT; calls
-    before the service is ready into UNAVAILABLE; anything else into INTERNAL, logged once."""
+    before the service is ready into UNAVAILABLE; calls over the in-flight bound into RESOURCE_EXHAUSTED
+    "overloaded:" (Admission); anything else into INTERNAL, logged once."""
 
-    def __init__(self, name: str = "the service") -> None:
+    def __init__(self, name: str = "the service", admission: Admission | None = None) -> None:
         self.name = name
         self.ready = False  # set by running_server once service.start() returned
+        self.admission = admission or Admission()
         self._decode_logged: dict[str, float] = {}  # client address -> when its last decode error was logged
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -130,15 +169,32 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # client- and bidi-streaming: none in Escalon's contracts
 
-    async def _admit(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> None:
+    async def _admit(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> float | None:
+        """Refuse the call (abort) or let it in; returns when it started when it counts against the bound."""
         if isinstance(request, _Undecodable):
             self._log_decode_error(context.peer(), method, request.error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
                                 f"({clip(str(request.error) or type(request.error).__name__, 200)})")
-        if not self.ready and not method.startswith(_ALWAYS_OPEN):
+        if method.startswith(_ALWAYS_OPEN):
+            return None
+        if not self.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{self.name} is starting (loading models, connecting); retry in a few seconds")
+        if self.admission.full:
+            await self._shed(context, method)
+        return self.admission.enter()
+
+    async def _shed(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        admission = self.admission
+        wait_ms = admission.retry_after_ms()
+        metrics().rpc_shed.labels(*split_method(method)).inc()
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{OVERLOADED}{self.name} is handling {admission.in_flight} calls, its limit ({admission.setting}); "
+            f"retry in {wait_ms / 1000:.1f}s",
+            trailing_metadata=((RETRY_AFTER_KEY, str(wait_ms)),),
+        )
 
     def _log_decode_error(self, peer: str | None, method: str, error: Exception) -> None:
         client = (peer or "unknown").rsplit(":", 1)[0]  # the address without the client's port
@@ -153,31 +209,53 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     def _guard_unary(self, fn: Callable[..., Awaitable[Any]], method: str):
         async def call(request, context):
+            started = None
             try:
-                await self._admit(request, context, method)
+                started = await self._admit(request, context, method)
                 return await fn(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status, never swallowed
                 await _abort_for(exc, context, method)
+            finally:
+                if started is not None:
+                    self.admission.leave(started)
 
         return call
 
     def _guard_stream(self, fn: Callable[..., AsyncIterator[Any]], method: str):
         async def call(request, context):
+            started = None
             try:
-                await self._admit(request, context, method)
+                started = await self._admit(request, context, method)
                 async for item in fn(request, context):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001
                 await _abort_for(exc, context, method)
+            finally:
+                if started is not None:
+                    self.admission.leave(started)
 
         return call
 
 
 REASON_KEY = "escalon-reason"
+
+
+def retry_after_ms(exc: grpc.aio.AioRpcError) -> int | None:
+    """The retry hint of a shed call (trailing metadata retry-after-ms), None when it carries none."""
+    value = dict(exc.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    try:
+        return max(0, int(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def overloaded(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because the service it reached shed it (Admission), not because it is broken."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (exc.details() or "").startswith(OVERLOADED)
 
 
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
@@ -187,9 +265,12 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
         log.debug("%s ended before its answer (%s)", method, type(exc).__name__)
         raise asyncio.CancelledError()
     if isinstance(exc, EscalonError):
+        trailing = []
         if exc.reason:  # a finer reason the status code cannot carry, for Escalon's own clients
-            context.set_trailing_metadata(((REASON_KEY, exc.reason),))
-        await context.abort(exc.code, clip(str(exc), MAX_ERROR_CHARS))
+            trailing.append((REASON_KEY, exc.reason))
+        if getattr(exc, "retry_after_ms", None) is not None:  # Overloaded: a service further down shed the call
+            trailing.append((RETRY_AFTER_KEY, str(exc.retry_after_ms)))
+        await context.abort(exc.code, clip(str(exc), MAX_ERROR_CHARS), trailing_metadata=tuple(trailing))
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL,
                         clip(f"internal error in {method}: {type(exc).__name__}: {exc}", MAX_ERROR_CHARS))
@@ -244,7 +325,8 @@ async def running_server(service: Service, settings: ServiceSettings, telemetry_
     for noisy in ("grpc._cython.cygrpc", "opentelemetry.context"):
         if _CALL_OVER_FILTER not in logging.getLogger(noisy).filters:
             logging.getLogger(noisy).addFilter(_CALL_OVER_FILTER)
-    errors = ErrorMappingInterceptor(telemetry_name)
+    limit_setting = f"{settings.model_config.get('env_prefix', 'ESCALON_')}MAX_IN_FLIGHT={settings.max_in_flight}"
+    errors = ErrorMappingInterceptor(telemetry_name, Admission(settings.max_in_flight, limit_setting))
     server = grpc.aio.server(
         # a service's own interceptors (API keys: escalon.auth) run inside error mapping, which maps what they raise
         interceptors=[GrpcMetricsInterceptor(), _tracing_server_interceptor(), errors,

@@ -14,7 +14,8 @@ makes every instrument a no-op (what `python -m escalon.offline.bench.operabilit
 several services (tests, `escalon up` is not one) share the registry, so any of their endpoints shows all.
 
 What each service adds:
-  every gRPC service  rpc_server_call_duration_seconds, escalon_rpc_server_active_calls (escalon.grpc)
+  every gRPC service  rpc_server_call_duration_seconds, escalon_rpc_server_active_calls,
+                      escalon_rpc_server_shed_total (calls refused at the in-flight limit) (escalon.grpc)
   gateway             http_server_request_duration_seconds, http_server_active_requests
   router              escalon_route_decision_duration_seconds, escalon_route_duration_seconds, escalon_routes_total,
                       escalon_rung_attempts_total / _accepts_total / _escalations_total / _failures_total /
@@ -76,6 +77,9 @@ class Metrics:
         self.rpc_active = Gauge(
             "escalon_rpc_server_active_calls", "gRPC calls being handled now (the autoscaling signal)",
             ["rpc_service", "rpc_method"], registry=r)
+        self.rpc_shed = Counter(
+            "escalon_rpc_server_shed", "gRPC calls refused at once because the service was at its in-flight limit "
+            "(RESOURCE_EXHAUSTED 'overloaded:', escalon.grpc.Admission)", ["rpc_service", "rpc_method"], registry=r)
         self.http_duration = Histogram(
             "http_server_request_duration", "Duration of HTTP requests handled (OTel http.server.request.duration)",
             ["http_request_method", "http_route", "http_response_status_code"], unit="seconds",
@@ -266,7 +270,7 @@ class CachedGauges(Collector):
 
 # ---- gRPC: one server interceptor (installed by escalon.grpc.running_server) ------------------------------
 
-def _split(method: str) -> tuple[str, str]:
+def split_method(method: str) -> tuple[str, str]:
     """'/escalon.router.v1.RouterService/Route' → ('escalon.router.v1.RouterService', 'Route')."""
     service, _, name = method.lstrip("/").rpartition("/")
     return service or "unknown", name or method
@@ -298,7 +302,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         instruments = self._instruments.get(handler_call_details.method)
         if instruments is None:
             instruments = self._instruments[handler_call_details.method] = _MethodInstruments(
-                *_split(handler_call_details.method))
+                *split_method(handler_call_details.method))
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _measured_unary(handler.unary_unary, instruments),

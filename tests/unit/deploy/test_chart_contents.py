@@ -195,6 +195,14 @@ def test_service_addresses_point_at_the_services(dev: Rendered) -> None:
     assert judge["ESCALON_JUDGE_SERVING_ADDRESS"] == "escalon-serving:50053"
 
 
+def test_grpc_services_get_their_in_flight_bound(dev: Rendered, chart: ChartRenderer) -> None:
+    for name, prefix in (("router", "ROUTER"), ("judge", "JUDGE"), ("serving", "SERVING"), ("distill", "DISTILL")):
+        assert env_of(container(dev.get("Deployment", f"escalon-{name}")))[f"ESCALON_{prefix}_MAX_IN_FLIGHT"] == "64"
+    assert "ESCALON_GATEWAY_MAX_IN_FLIGHT" not in env_of(container(dev.get("Deployment", "escalon-gateway")))
+    tuned = chart.render_files(VALUES_DIR / "values-dev.yaml", router={"maxInFlight": 200})
+    assert env_of(container(tuned.get("Deployment", "escalon-router")))["ESCALON_ROUTER_MAX_IN_FLIGHT"] == "200"
+
+
 @pytest.mark.parametrize("service", ["router", "judge"])
 def test_router_and_judge_scale_on_cpu(prod: Rendered, service: str) -> None:
     expected = load_values(VALUES_DIR / "values-prod.yaml")[service]["autoscaling"]

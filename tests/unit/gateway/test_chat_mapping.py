@@ -172,6 +172,16 @@ def test_a_budget_error_tells_the_sdk_not_to_retry():
     assert from_grpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "x")).headers == {"x-should-retry": "false"}
 
 
+def test_a_shed_call_is_a_503_with_the_retry_hint_the_sdks_honour():
+    details = "overloaded: escalon-router is handling 64 calls, its limit (...); retry in 0.3s"
+    error = from_grpc(grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(("retry-after-ms", "250")), details))
+    assert (error.status, error.code, error.type) == (503, "overloaded", "service_unavailable_error")
+    assert error.headers == {"retry-after": "1", "retry-after-ms": "250"} and error.message == details
+    hintless = from_grpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details))
+    assert hintless.status == 503 and hintless.headers["retry-after-ms"] == "1000"
+
+
 def test_params_from_messages_and_locations():
     assert param_of("min_quality: out of range") == "min_quality"
     assert param_of("no colon here") is None

@@ -85,3 +85,19 @@ async def test_the_budget_is_never_exceeded_and_impossible_budgets_are_refused()
 async def test_no_rung_answering_is_unavailable_with_every_reason():
     with pytest.raises(RungUnavailable, match="small: skipped: down.*big: skipped: down"):
         await route({n: RungUnavailable("down") for n in ("small", "mid", "big")})
+
+
+async def test_a_rung_shed_downstream_ends_the_route_overloaded_and_opens_no_circuit():
+    from escalon.errors import Overloaded
+
+    shed = Overloaded("overloaded: escalon-serving is handling 64 calls (rung mid)", retry_after_ms=200)
+    for _ in range(10):  # more than any breaker's failure threshold
+        generator = ScriptedGenerator({"small": ["5", "6", "8"], "mid": shed, "big": ["5"]})
+        cascade = Cascade(CATALOGUE, generator, PanelScorer(), SamplingConfig(local_samples=3, remote_samples=1),
+                          breakers=breakers if _ else None)
+        breakers = cascade.breakers
+        query = RouteQuery("How many? 3 and 4", 0.7, NUMBER)
+        with pytest.raises(Overloaded) as caught:
+            await cascade.run(query, CheapestFirstPolicy().plan(query, CATALOGUE, CATALOGUE.names))
+        assert caught.value.retry_after_ms == 200 and [c[0] for c in generator.calls] == ["small", "mid"]
+    assert breakers.state(CATALOGUE.get("mid")) == "closed"
