@@ -51,11 +51,6 @@ class ServiceSettings(BaseSettings):
         description="calls handled at once (health and reflection not counted); one more is shed at once with "
                     "RESOURCE_EXHAUSTED 'overloaded: ...' and a retry-after-ms hint; 0 = no bound",
     )
-    max_in_flight: int = Field(
-        default=64, ge=0, le=100_000,
-        description="calls handled at once (health and reflection not counted); one more is shed at once with "
-                    "RESOURCE_EXHAUSTED 'overloaded: ...' and a retry-after-ms hint; 0 = no bound",
-    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="port of the Prometheus /metrics endpoint (on host); unset = none, 0 = a free port",
