@@ -50,6 +50,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{- define "escalon.promoteServiceAccountName" -}}
+{{- printf "%s-promote" (include "escalon.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The promote job's settings on the distill workers: where promotion applies a winner in the cluster. */}}
+{{- define "escalon.promoteEnv" -}}
+{{- if .Values.promotion.cluster.enabled }}
+- name: ESCALON_PROMOTE_CLUSTER
+  value: "on"
+- name: ESCALON_PROMOTE_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: ESCALON_PROMOTE_CONFIGMAP
+  value: {{ printf "%s-catalogue" (include "escalon.fullname" .) | quote }}
+{{- if include "escalon.localTiers" . | fromYaml }}
+- name: ESCALON_PROMOTE_RAYSERVICE
+  value: {{ include "escalon.rayServiceName" . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "escalon.rayServiceName" -}}
 {{- printf "%s-tiers" (include "escalon.fullname" .) | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
@@ -185,6 +207,11 @@ checksum/catalogue: {{ include "escalon.catalogue" . | sha256sum }}
   value: {{ . | quote }}
 {{- end }}
 {{- include "escalon.tenancyEnv" .root }}
+{{- if .root.Values.promotion.cluster.enabled }}
+# Promoted rungs: the catalogue ConfigMap's key that the promote job applies; re-read when the kubelet updates it.
+- name: ESCALON_PROMOTED_CATALOGUE
+  value: /etc/escalon/catalogue.promoted.yaml
+{{- end }}
 # The root filesystem is read-only: caches go to the writable volumes.
 - name: HOME
   value: /tmp

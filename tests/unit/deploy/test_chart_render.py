@@ -91,6 +91,8 @@ EDGE_CASES: dict[str, tuple[list[Path], dict[str, Any]]] = {
             "serviceAccount": {"create": False},
         },
     ),
+    "promotion in the cluster (RBAC for the promote job)": ([VALUES_DIR / "values-prod.yaml"],
+                                                            {"promotion": {"cluster": {"enabled": True}}}),
     "gateway ingress with tls": (
         [VALUES_DIR / "values-dev.yaml"],
         {"gateway": {"ingress": {"enabled": True, "className": "nginx", "tls": [{"secretName": "tls", "hosts": ["a.example.com"]}]}}},
