@@ -182,6 +182,9 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
                                field=f"{prefix}top_logprobs")
         if len(request.stop) > MAX_STOP_STRINGS or any(not s for s in request.stop):
             raise InvalidInput(f"at most {MAX_STOP_STRINGS} non-empty strings", field=f"{prefix}stop")
+        if request.answer_type not in common_pb2.AnswerType.values():
+            raise InvalidInput(f"unknown answer type {request.answer_type}; known: "
+                               f"{', '.join(common_pb2.AnswerType.keys())}", field=f"{prefix}answer_type")
         params = GenerateParams(
             prompt=prompt,
             max_tokens=request.max_tokens or rung.max_tokens,
@@ -191,6 +194,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
             logprobs=request.logprobs or request.top_logprobs > 0,
             top_logprobs=request.top_logprobs,
             seed=request.seed if request.HasField("seed") else None,
+            answer_type=request.answer_type or None,  # UNSPECIFIED: the prompt as sent
         )
         span = trace.get_current_span()
         span.set_attribute(ATTR_RUNG, rung.name)

@@ -25,6 +25,10 @@ class GenerateParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per position; > 0 implies logprobs
     seed: int | None = None
+    # Local rungs only: shape the prompt for this escalon.common.v1.AnswerType (escalon.answer_format: an
+    # instruction, stop strings, a token cap fitting the type). None: the prompt as sent.
+    answer_type: int | None = None
+    first_greedy: bool = False  # sample 0 greedy, the others at `temperature` (set by the shaping above)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from escalon.answer_format import shape_prompt
 from escalon.errors import ConfigError, InvalidInput
 from escalon.registry import Rung
 
@@ -197,12 +199,12 @@ class LocalBackend(Backend):
     # ---- generation ------------------------------------------------------------------------------------
 
     async def generate(self, params: GenerateParams) -> GenerateResult:
-        prompt_ids, max_new = self._prepare(params)
+        prompt_ids, params, max_new = self._prepare(params)
         async with self._lock:
             return await self._in_thread(prompt_ids, params, max_new, None)
 
     async def stream(self, params: GenerateParams) -> AsyncIterator[str | GenerateResult]:
-        prompt_ids, max_new = self._prepare(params)
+        prompt_ids, params, max_new = self._prepare(params)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         async with self._lock:
@@ -221,9 +223,16 @@ class LocalBackend(Backend):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    def _prepare(self, params: GenerateParams) -> tuple[list[int], int]:
+    def _prepare(self, params: GenerateParams) -> tuple[list[int], GenerateParams, int]:
+        """The prompt's tokens, the params the decode loop runs (shaped for the answer type when one is given:
+        escalon.answer_format), and the tokens left for the answer."""
         if self.model is None:
             raise RuntimeError(f"rung {self.rung.name} is not loaded")
+        if params.answer_type is not None:
+            shaped = shape_prompt(params.prompt, params.answer_type, self.rung.prompt_format,
+                                  max_tokens=params.max_tokens, stop=params.stop)
+            params = dataclasses.replace(params, prompt=shaped.prompt, stop=shaped.stop, max_tokens=shaped.max_tokens,
+                                         answer_type=None, first_greedy=shaped.greedy_first)
         prompt_ids = self.encode(params.prompt)
         limit = self.context_limit
         if len(prompt_ids) >= limit:
@@ -232,7 +241,7 @@ class LocalBackend(Backend):
                 f"context limit of {limit} tokens",
                 field="prompt",
             )
-        return prompt_ids, min(params.max_tokens, limit - len(prompt_ids))
+        return prompt_ids, params, min(params.max_tokens, limit - len(prompt_ids))
 
     async def _in_thread(self, prompt_ids, params, max_new, on_piece) -> GenerateResult:
         # The blocking torch loop runs in a worker thread; a cancelled call (client gone, timeout) stops it
@@ -282,6 +291,8 @@ class LocalBackend(Backend):
                 if params.temperature > 0:
                     probs = torch.softmax(logits / params.temperature, dim=-1)
                     chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                    if params.first_greedy:  # the model's best guess first; the other samples show its spread
+                        chosen[0] = logits[0].argmax()
                 else:
                     chosen = logits.argmax(dim=-1)
                 chosen_ids = chosen.tolist()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from escalon.gen.common.v1 import common_pb2 as escalon_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n escalon/serving/v1/serving.proto\x12\x12\x65scalon.serving.v1\x1a\x1e\x65scalon/common/v1/common.proto\"\xb5\x01\n\x0fGenerateRequest\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"w\n\x06Sample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.escalon.common.v1.TokenLogprob\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\"\xbc\x01\n\x10GenerateResponse\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12+\n\x07samples\x18\x02 \x03(\x0b\x32\x1a.escalon.serving.v1.Sample\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.escalon.common.v1.Usage\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x1c\n\x0freference_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_reference_score\"M\n\x15GenerateStreamRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32#.escalon.serving.v1.GenerateRequest\"l\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x36\n\x08response\x18\x03 \x01(\x0b\x32$.escalon.serving.v1.GenerateResponse\"\x13\n\x11ListModelsRequest\"\xc8\x01\n\x04Rung\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_format\x18\x05 \x01(\t\x12\x18\n\x10input_usd_per_1m\x18\x06 \x01(\x01\x12\x19\n\x11output_usd_per_1m\x18\x07 \x01(\x01\x12\x15\n\rcontext_limit\x18\x08 \x01(\x05\x12\x0f\n\x07healthy\x18\t \x01(\x08\x12\x0e\n\x06status\x18\n \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x05rungs\x18\x01 \x03(\x0b\x32\x18.escalon.serving.v1.Rung2\xb4\x02\n\x13ModelServingService\x12U\n\x08Generate\x12#.escalon.serving.v1.GenerateRequest\x1a$.escalon.serving.v1.GenerateResponse\x12i\n\x0eGenerateStream\x12).escalon.serving.v1.GenerateStreamRequest\x1a*.escalon.serving.v1.GenerateStreamResponse0\x01\x12[\n\nListModels\x12%.escalon.serving.v1.ListModelsRequest\x1a&.escalon.serving.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n escalon/serving/v1/serving.proto\x12\x12\x65scalon.serving.v1\x1a\x1e\x65scalon/common/v1/common.proto\"\xe9\x01\n\x0fGenerateRequest\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x08 \x01(\x05\x12\x11\n\x04seed\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x32\n\x0b\x61nswer_type\x18\n \x01(\x0e\x32\x1d.escalon.common.v1.AnswerTypeB\x07\n\x05_seed\"w\n\x06Sample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.escalon.common.v1.TokenLogprob\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\"\xbc\x01\n\x10GenerateResponse\x12\x0c\n\x04rung\x18\x01 \x01(\t\x12+\n\x07samples\x18\x02 \x03(\x0b\x32\x1a.escalon.serving.v1.Sample\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.escalon.common.v1.Usage\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x1c\n\x0freference_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_reference_score\"M\n\x15GenerateStreamRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32#.escalon.serving.v1.GenerateRequest\"l\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x36\n\x08response\x18\x03 \x01(\x0b\x32$.escalon.serving.v1.GenerateResponse\"\x13\n\x11ListModelsRequest\"\xc8\x01\n\x04Rung\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_format\x18\x05 \x01(\t\x12\x18\n\x10input_usd_per_1m\x18\x06 \x01(\x01\x12\x19\n\x11output_usd_per_1m\x18\x07 \x01(\x01\x12\x15\n\rcontext_limit\x18\x08 \x01(\x05\x12\x0f\n\x07healthy\x18\t \x01(\x08\x12\x0e\n\x06status\x18\n \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x05rungs\x18\x01 \x03(\x0b\x32\x18.escalon.serving.v1.Rung2\xb4\x02\n\x13ModelServingService\x12U\n\x08Generate\x12#.escalon.serving.v1.GenerateRequest\x1a$.escalon.serving.v1.GenerateResponse\x12i\n\x0eGenerateStream\x12).escalon.serving.v1.GenerateStreamRequest\x1a*.escalon.serving.v1.GenerateStreamResponse0\x01\x12[\n\nListModels\x12%.escalon.serving.v1.ListModelsRequest\x1a&.escalon.serving.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'escalon.serving.v1.serving_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=89
-  _globals['_GENERATEREQUEST']._serialized_end=270
-  _globals['_SAMPLE']._serialized_start=272
-  _globals['_SAMPLE']._serialized_end=391
-  _globals['_GENERATERESPONSE']._serialized_start=394
-  _globals['_GENERATERESPONSE']._serialized_end=582
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=584
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=661
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=663
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=771
-  _globals['_LISTMODELSREQUEST']._serialized_start=773
-  _globals['_LISTMODELSREQUEST']._serialized_end=792
-  _globals['_RUNG']._serialized_start=795
-  _globals['_RUNG']._serialized_end=995
-  _globals['_LISTMODELSRESPONSE']._serialized_start=997
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1058
-  _globals['_MODELSERVINGSERVICE']._serialized_start=1061
-  _globals['_MODELSERVINGSERVICE']._serialized_end=1369
+  _globals['_GENERATEREQUEST']._serialized_end=322
+  _globals['_SAMPLE']._serialized_start=324
+  _globals['_SAMPLE']._serialized_end=443
+  _globals['_GENERATERESPONSE']._serialized_start=446
+  _globals['_GENERATERESPONSE']._serialized_end=634
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=636
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=713
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=715
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=823
+  _globals['_LISTMODELSREQUEST']._serialized_start=825
+  _globals['_LISTMODELSREQUEST']._serialized_end=844
+  _globals['_RUNG']._serialized_start=847
+  _globals['_RUNG']._serialized_end=1047
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1049
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1110
+  _globals['_MODELSERVINGSERVICE']._serialized_start=1113
+  _globals['_MODELSERVINGSERVICE']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

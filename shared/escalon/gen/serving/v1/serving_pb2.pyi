@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("rung", "prompt", "n", "temperature", "max_tokens", "stop", "logprobs", "top_logprobs", "seed")
+    __slots__ = ("rung", "prompt", "n", "temperature", "max_tokens", "stop", "logprobs", "top_logprobs", "seed", "answer_type")
     RUNG_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class GenerateRequest(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TYPE_FIELD_NUMBER: _ClassVar[int]
     rung: str
     prompt: str
     n: int
@@ -27,7 +28,8 @@ class GenerateRequest(_message.Message):
     logprobs: bool
     top_logprobs: int
     seed: int
-    def __init__(self, rung: _Optional[str] = ..., prompt: _Optional[str] = ..., n: _Optional[int] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    answer_type: _common_pb2.AnswerType
+    def __init__(self, rung: _Optional[str] = ..., prompt: _Optional[str] = ..., n: _Optional[int] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., seed: _Optional[int] = ..., answer_type: _Optional[_Union[_common_pb2.AnswerType, str]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("text", "logprobs", "finish_reason", "output_tokens")
