@@ -133,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     routes_cli.add_parser(sub)
     keys_cli.add_parser(sub)
+    from escalon.cli import cluster as cluster_cli
+
+    cluster_cli.add_parser(sub)
     return parser
 
 
 OFFLINE_COMMANDS = {"eval": "evaluate", "router": "router_artefact", "taxonomy": "taxonomy", "judge": "judge",
-                    "routes": "routes", "keys": "keys"}
+                    "routes": "routes", "keys": "keys", "cluster": "cluster"}
 
 
 def main(argv: list[str] | None = None) -> None:

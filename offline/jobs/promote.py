@@ -201,6 +201,7 @@ def run(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
         "reason": reason,
         "rung": candidate.model_dump(mode="json", exclude_none=True),
         "target": target.name,
+        "base_rung": params.base_rung,
         "items": len(items),
         "split": params.split,
         "student": {k: v for k, v in s.items() if k != "correct"},

@@ -138,3 +138,29 @@ def test_the_promote_job_applies_in_the_cluster_and_reports_a_refusal(api: FakeA
     out = _apply_in_cluster(params, _student("another-student"), ctx)
     assert out["applied"] is False and "403" in out["reason"] and "Role" in out["reason"]
     assert "escalon cluster promote" in out["fix"]
+
+
+def test_the_cli_prints_the_dry_run_diff_and_refuses_a_loser(api: FakeAPI, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from escalon.cli import main
+
+    promotion = {"wins": True, "rung": _student().model_dump(mode="json", exclude_none=True),
+                 "base_rung": "smollm2-135m", "reason": "student 80% vs target 70%"}
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "p1" / "promotion.json").write_text(json.dumps(promotion))
+    argv = ["cluster", "promote", "--promotion", str(tmp_path / "p1"), "--kubeconfig", str(tmp_path / "kubeconfig"),
+            "--configmap", CM, "--rayservice", RS, "--dry-run"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "+- name: gsm8k-student" in out
+    assert out.rstrip().endswith("dry run, nothing applied: configmap/escalon-catalogue, rayservice/escalon-tiers "
+                                 "in namespace escalon (field manager escalon-promote)")
+    assert "gsm8k-student" not in api.objects[("configmaps", NS, CM)]["data"][KEY]
+
+    (tmp_path / "p1" / "promotion.json").write_text(json.dumps(promotion | {"wins": False}))
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and "did not win" in capsys.readouterr().err

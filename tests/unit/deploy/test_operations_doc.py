@@ -182,6 +182,8 @@ def check_promises(rendered: Rendered, sets: list[tuple[str, str]]) -> None:
             kind, name = {"serviceMonitor": ("ServiceMonitor", "escalon"), "prometheusRule": ("PrometheusRule", "escalon"),
                           "dashboard": ("ConfigMap", "escalon-dashboard")}[m[1]]
             assert (name in rendered.names(kind)) == (value == "true"), expression
+        elif key == "promotion.cluster.enabled":
+            assert ("escalon-promote" in rendered.names("Role")) == (value == "true"), expression
         else:
             pytest.fail(f"no check for --set {expression}: add one to check_promises")
 
