@@ -274,6 +274,21 @@ def test_a_model_with_no_training_answers_is_named(tmp_path):
     assert report["policies"]["hybrid"]["aiq"] is not None  # the rest of the report stands
 
 
+def test_a_benchmark_with_only_some_models_answers_recorded_still_plans(tmp_path):
+    """A model whose answer texts are missing (scores and costs kept) is still a rung: its estimate rests on
+    the ex-ante one and on the others' answers; nothing crashes and the report has a curve."""
+    from escalon.offline.evaluation.evaluation import evaluate
+    from escalon.offline.evaluation.synthetic import synthetic_frame
+
+    frame = synthetic_frame(n=120, seed=4)
+    frame.loc[frame.model == "otherlab/mid", "response"] = None
+    frame.to_parquet(tmp_path / "b.parquet")
+    report = evaluate(tmp_path / "b.parquet", encoder="hashing-trigram-256", cache_dir=None,
+                      policies=["hybrid", "cascade-routing"])
+    policy = report["policies"]["cascade-routing"]
+    assert policy["aiq"] is not None and len(policy["points"]) > 3, policy.get("note")
+
+
 def test_without_recorded_answers_cascade_routing_says_why(tmp_path):
     from escalon.offline.evaluation.evaluation import evaluate
 
