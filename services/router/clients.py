@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from escalon.errors import EscalonError, InvalidInput, NotAnswerable, Overloaded, RungUnavailable
-from escalon.grpc import REASON_KEY, overloaded, retry_after_ms
+from escalon.grpc import REASON_KEY, overloaded, retry_after_ms, time_left
 from escalon.gen.judge.v1 import judge_pb2, judge_pb2_grpc
 from escalon.gen.serving.v1 import serving_pb2, serving_pb2_grpc
 from escalon.registry import Rung
@@ -42,7 +42,7 @@ class ServingClient:
         started = time.perf_counter()
         try:
             if on_text is None:
-                responses = [await self.stub.Generate(request, timeout=rung.timeout_s)]
+                responses = [await self.stub.Generate(request, timeout=time_left(rung.timeout_s))]
             else:
                 # Serving streams one sample; the other n - 1 come from a Generate call alongside it.
                 streamed = serving_pb2.GenerateRequest()
@@ -53,7 +53,7 @@ class ServingClient:
                     rest = serving_pb2.GenerateRequest()
                     rest.CopyFrom(request)
                     rest.n = n - 1
-                    calls.append(self.stub.Generate(rest, timeout=rung.timeout_s))
+                    calls.append(self.stub.Generate(rest, timeout=time_left(rung.timeout_s)))
                 responses = list(await asyncio.gather(*calls))
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, f"rung {rung.name}") from None
@@ -68,7 +68,8 @@ class ServingClient:
 
     async def _stream(self, rung: Rung, request: serving_pb2.GenerateRequest,
                       on_text: Callable[[str], Awaitable[None]]) -> serving_pb2.GenerateResponse:
-        stream = self.stub.GenerateStream(serving_pb2.GenerateStreamRequest(request=request), timeout=rung.timeout_s)
+        stream = self.stub.GenerateStream(serving_pb2.GenerateStreamRequest(request=request),
+                                          timeout=time_left(rung.timeout_s))
         async for piece in stream:
             if piece.text:
                 await on_text(piece.text)
@@ -100,7 +101,7 @@ class JudgeClient:
                     bias=weights.bias, version=weights.version,
                     judges=[judge_pb2.JudgeWeight(judge=j, weight=w, skipped_weight=v)
                             for j, (w, v) in sorted(weights.weights.items())]))
-            response = await self.stub.Score(request, timeout=self.timeout_s)
+            response = await self.stub.Score(request, timeout=time_left(self.timeout_s))
         except grpc.aio.AioRpcError as exc:
             raise _domain_error(exc, "judge") from None
         return Judgement(

@@ -27,7 +27,7 @@ from escalon.telemetry import ATTR_COST_USD, ATTR_RUNG, ATTR_RUNG_BACKEND, ATTR_
 from escalon.tokens import TokenCounters
 
 from .settings import ServingSettings
-from .tiers import InProcessTiers, RayTiers, Tiers
+from .tiers import Tiers, make_tiers
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         self.catalogue = catalogue
         self.rungs = [catalogue.get(name) for name in settings.rungs] if settings.rungs else list(catalogue.rungs)
         self._served = {rung.name for rung in self.rungs}
-        runtime = InProcessTiers if settings.runtime == "inprocess" else RayTiers
-        self.tiers: Tiers = tiers or runtime(self.rungs, settings)
+        self.tiers: Tiers = tiers or make_tiers(self.rungs, settings)
         # Rungs promoted by distillation appear in an overlay file; each is loaded the first time it is seen.
         self.live = LiveCatalogue(catalogue, settings.promoted_overlay if settings.serve_promoted else None)
         self._adding = asyncio.Lock()

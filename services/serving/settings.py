@@ -26,6 +26,11 @@ class ServingSettings(ServiceSettings):
             "overhead in benchmarks"
         ),
     )
+    direct_rungs: bool = Field(
+        default=True,
+        description="under the ray runtime, call rungs that do no local compute (replay, remote OpenAI-compatible) "
+                    "from this front directly; false puts them behind Ray Serve too (one more hop, no gain)",
+    )
     ray_address: str = Field(
         default="",
         description="Ray cluster to join (ray://head:10001 in Kubernetes); empty starts a local Ray in this process",

@@ -1,7 +1,16 @@
 """How the gRPC front reaches the rungs: through Ray Serve deployment handles, or in-process.
 
-Both runtimes take the same (params, carrier) and return the same GenerateResult, so the servicer does
-not know which one it talks to. Each call gets a client span and the W3C trace context is injected into
+`make_tiers` picks, per rung, in one place (`through_ray`): under the ray runtime, a rung whose engine computes
+here (local-gguf, hf: a model in memory) is a Ray Serve deployment with replicas and autoscaling; a rung that
+does no local compute (replay, a remote OpenAI-compatible endpoint, whose backend holds one pooled keep-alive
+HTTP client) is called from the front directly, since a Ray hop would add latency and CPU and no capacity
+(ESCALON_SERVING_DIRECT_RUNGS=false puts those behind Serve as well). The inprocess runtime calls every rung
+directly.
+
+Every runtime takes the same (params, carrier) and returns the same GenerateResult, so the servicer does
+not know which one it talks to. A call cancelled by its caller (or past its timeout) is cancelled in the
+engine too: in-process by cancelling its task, through Ray by cancelling the Serve request, whose replica
+then cancels its task (a local engine stops decoding at its next token). Each call gets a client span and the W3C trace context is injected into
 the carrier, which the replica extracts (deployment.RungReplica): one trace spans both processes.
 """
 
@@ -51,6 +60,24 @@ def _client_span(name: str, rung: str):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         yield carrier
+
+
+#: engines that compute in their own process (a model in memory): these get Ray Serve replicas
+REPLICATED_BACKENDS = frozenset({"local-gguf", "hf"})
+
+
+def through_ray(rung: Rung, settings: ServingSettings) -> bool:
+    """Whether the front reaches `rung` through a Ray Serve deployment (else it calls the backend directly)."""
+    if settings.runtime == "inprocess":
+        return False
+    return rung.backend in REPLICATED_BACKENDS or not settings.direct_rungs
+
+
+def make_tiers(rungs: list[Rung], settings: ServingSettings) -> Tiers:
+    """The tiers for the configured runtime: in-process only, or Ray Serve for the rungs `through_ray` picks."""
+    if settings.runtime == "inprocess":
+        return InProcessTiers(rungs, settings)
+    return SplitTiers(rungs, settings)
 
 
 class InProcessTiers:
@@ -105,6 +132,40 @@ class InProcessTiers:
         self.replicas.clear()
 
 
+class SplitTiers:
+    """The ray runtime: rungs that compute locally through Ray Serve (RayTiers), the others called directly
+    (InProcessTiers). Ray is started only when some rung needs it, so a front of replay and remote rungs has no
+    Ray at all."""
+
+    def __init__(self, rungs: list[Rung], settings: ServingSettings) -> None:
+        self.settings = settings
+        self.ray = RayTiers([r for r in rungs if through_ray(r, settings)], settings)
+        self.direct = InProcessTiers([r for r in rungs if not through_ray(r, settings)], settings)
+        self._where: dict[str, Tiers] = {r.name: self.ray if through_ray(r, settings) else self.direct for r in rungs}
+
+    async def start(self) -> None:
+        await asyncio.gather(self.direct.start(), self.ray.start())
+
+    async def add(self, rung: Rung) -> None:
+        tiers = self.ray if through_ray(rung, self.settings) else self.direct
+        await tiers.add(rung)
+        self._where[rung.name] = tiers
+
+    async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
+        return await self._where[rung].generate(rung, params, timeout)
+
+    def stream(self, rung: str, params: GenerateParams, timeout: float) -> AsyncIterator[str | GenerateResult]:
+        return self._where[rung].stream(rung, params, timeout)
+
+    async def health(self, rung: str) -> tuple[bool, str]:
+        tiers = self._where.get(rung)
+        return (False, "not served") if tiers is None else await tiers.health(rung)
+
+    async def close(self) -> None:
+        await self.direct.close()
+        await self.ray.close()
+
+
 class RayTiers:
     """Each rung a Ray Serve application named after it; the front holds one DeploymentHandle per rung.
 
@@ -118,8 +179,12 @@ class RayTiers:
         self.settings = settings
         self.handles: dict[str, Any] = {}
         self._started_ray = False
+        self._idle = False  # start() found no rung to serve and connected nothing; add() connects first
 
     async def start(self) -> None:
+        if not self.rungs:
+            self._idle = True
+            return
         await asyncio.to_thread(self._start_blocking)
 
     def _start_blocking(self) -> None:
@@ -172,6 +237,11 @@ class RayTiers:
             )
 
     async def add(self, rung: Rung) -> None:
+        if self._idle:  # the first rung that needs Ray: start it (and Serve) now
+            self.rungs = [rung]
+            await asyncio.to_thread(self._start_blocking)
+            self._idle = False
+            return
         await asyncio.to_thread(self._add_blocking, rung)
         self.rungs = [*self.rungs, rung]
 
@@ -194,9 +264,14 @@ class RayTiers:
 
     async def generate(self, rung: str, params: GenerateParams, timeout: float) -> GenerateResult:
         with _client_span("escalon.serving.ray/Generate", rung) as carrier:
+            response = self.handles[rung].generate.remote(params, carrier)
             try:
-                return await asyncio.wait_for(self.handles[rung].generate.remote(params, carrier), timeout)
+                return await asyncio.wait_for(_awaited(response), timeout)
+            except asyncio.CancelledError:  # the caller went away
+                response.cancel()  # the replica cancels its task: a local engine stops at its next token
+                raise
             except TimeoutError:
+                response.cancel()
                 raise RungUnavailable(f"rung {rung} did not answer within {timeout:g}s") from None
             except Exception as exc:
                 raise _unwrap(exc, rung) from None
@@ -205,8 +280,13 @@ class RayTiers:
         with _client_span("escalon.serving.ray/GenerateStream", rung) as carrier:
             try:
                 async with asyncio.timeout(timeout):
-                    async for item in self.handles[rung].options(stream=True).stream.remote(params, carrier):
-                        yield item
+                    items = self.handles[rung].options(stream=True).stream.remote(params, carrier)
+                    try:
+                        async for item in items:
+                            yield item
+                    except BaseException:  # timeout, a caller gone (CancelledError, GeneratorExit), a failure
+                        items.cancel()
+                        raise
             except TimeoutError:
                 raise RungUnavailable(f"rung {rung} did not finish within {timeout:g}s") from None
             except Exception as exc:
@@ -236,6 +316,11 @@ class RayTiers:
             serve.shutdown()
         ray.shutdown()
         self._started_ray = False
+
+
+async def _awaited(response: Any) -> Any:
+    """A Serve DeploymentResponse as a coroutine (what asyncio.wait_for takes)."""
+    return await response
 
 
 def _unwrap(exc: BaseException, rung: str) -> Exception:

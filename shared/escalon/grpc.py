@@ -15,12 +15,18 @@ What every server refuses the same way, so no servicer has to:
     INVALID_ARGUMENT, logged as one line per client address per minute, never a traceback;
   - messages over MAX_MESSAGE_BYTES: RESOURCE_EXHAUSTED from gRPC itself;
   - error messages are capped at MAX_ERROR_CHARS (grpc-message is a header; a huge one breaks the reply).
+
+Deadlines travel on: while a call is handled, `time_left(limit)` is what remains of its caller's deadline (or
+`limit`, when nearer or when the caller set none), so a client call made on its behalf (router → serving,
+router → judge) never outlives the caller. A caller that hangs up cancels the handler's task, and with it the
+calls it made downstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -61,6 +67,22 @@ except ImportError:  # pragma: no cover - another grpcio layout
     _CALL_OVER = ()
 DECODE_LOG_INTERVAL_S = 60.0
 _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# When the call being handled in this task must be answered by (time.monotonic()); None: no deadline.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("escalon_call_deadline", default=None)
+
+
+def time_left(limit: float) -> float:
+    """Seconds a call made now may take: `limit`, or less when the call being handled must be answered sooner
+    (its caller's deadline). Never below zero: a passed deadline makes the next call fail at once."""
+    deadline = _DEADLINE.get()
+    return limit if deadline is None else max(0.0, min(limit, deadline - time.monotonic()))
+
+
+def _track_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    _DEADLINE.set(time.monotonic() + remaining if remaining is not None else None)
+
+
 #: trailing metadata of a shed call: how long to wait before retrying, in milliseconds
 RETRY_AFTER_KEY = "retry-after-ms"
 OVERLOADED = "overloaded: "  # the prefix of every shed call's message, which clients (the gateway) look for
@@ -178,6 +200,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                                 f"({clip(str(request.error) or type(request.error).__name__, 200)})")
         if method.startswith(_ALWAYS_OPEN):
             return None
+        _track_deadline(context)  # in this handler's context: tasks it starts inherit it
         if not self.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"{self.name} is starting (loading models, connecting); retry in a few seconds")
