@@ -76,18 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
                                        "two-rung judged cascade through real services with replay rungs at 1, 10 "
                                        "and 100 concurrent clients (p50, p99, throughput, ratio to the floor).")
     bench.add_argument("suite", nargs="?", default="overhead",
-                       choices=["overhead", "distill", "tenancy", "operability"],
+                       choices=["overhead", "distill", "tenancy", "operability", "load"],
                        help="overhead (default): the serving/routing benchmark above; distill: UNDO vs one-shot "
                             "distillation of SmolLM2-135M on a checkable task (escalon.offline.bench.distill); "
                             "tenancy: route log overhead at 100 req/s, routes lost across a database restart, "
                             "a budget under 20 concurrent clients (escalon.offline.bench.tenancy); operability: "
                             "metrics on vs off at 100 req/s, a remote rung killed mid-load "
-                            "(escalon.offline.bench.operability; python -m it for its own options)")
+                            "(escalon.offline.bench.operability; python -m it for its own options); load: "
+                            "100 req/s for 5 minutes through gRPC and the gateway, then an overload ramp "
+                            "(escalon.offline.bench.load)")
     bench.add_argument("--requests", type=int, default=1000, help="requests per measurement [default: 1000]")
     bench.add_argument("--out", type=Path, help="also write the figures as JSON here")
     from escalon.offline.bench.distill import add_arguments as add_distill_arguments
 
     add_distill_arguments(bench.add_argument_group("distill suite"), with_out=False)
+    from escalon.offline.bench.load import add_arguments as add_load_arguments
+
+    add_load_arguments(bench.add_argument_group("load suite"))
 
     jobs = sub.add_parser("jobs", help="submit and follow offline jobs on the queue")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -155,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
         from escalon.offline.bench.tenancy import main as tenancy_bench_main
 
         sys.exit(tenancy_bench_main(args.requests, args.out))
+    if args.command == "bench" and args.suite == "load":
+        from escalon.offline.bench.load import main as load_bench_main
+
+        sys.exit(load_bench_main(args, args.out))
     if args.command == "bench" and args.suite == "operability":
         from escalon.offline.bench.operability import main as operability_main
 

@@ -6,7 +6,12 @@ In one run, on this machine:
             has trained artefacts; the cheapest-first plan otherwise)
   cascade   a whole two-rung judged cascade through the real services — router → serving → judge over
             gRPC — with replay rungs, so model time is ~0 and what remains is Escalon's overhead;
-            at 1, 10 and 100 concurrent clients
+            at 1, 10 and 100 concurrent clients and open loop at 100 req/s, once per serving runtime:
+              ray         what `escalon up` and the chart run: replay rungs called by the serving front directly
+                          (escalon.serving.tiers.through_ray), Ray Serve only for rungs that compute locally
+              ray-hop     the ray runtime with every rung behind Ray Serve (ESCALON_SERVING_DIRECT_RUNGS=false):
+                          what the deployed path did before replay and remote rungs were called directly
+              inprocess   ESCALON_SERVING_RUNTIME=inprocess, no Ray: the floor of the serving front itself
 Each line: p50, p99, throughput and the ratio of p50 to the floor's p50. Figures vary run to run; the
 ratio is what to compare across machines.
 """
@@ -92,62 +97,94 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _replay_stack(scratch: Path) -> Stack:
-    """serving (in-process runtime: replay rungs need no Ray), judge and router, each its own process as deployed."""
+#: serving runtime name -> its environment (see the module docstring)
+RUNTIMES = {
+    "ray": {"ESCALON_SERVING_RUNTIME": "ray"},
+    "ray-hop": {"ESCALON_SERVING_RUNTIME": "ray", "ESCALON_SERVING_DIRECT_RUNGS": "false"},
+    "inprocess": {"ESCALON_SERVING_RUNTIME": "inprocess"},
+}
+
+
+def replay_stack(scratch: Path, runtime: str = "ray", *, with_gateway: bool = False,
+                 extra_env: dict[str, str] | None = None) -> Stack:
+    """serving (on `runtime`), judge and router — and the gateway when asked — each its own process as deployed,
+    over a catalogue of two replay rungs (Mixtral, GPT-4)."""
     default = load_catalogue()
     catalogue = scratch / "catalogue.yaml"
     rungs = [default.get("mixtral-8x7b").model_dump(mode="json"), default.get("gpt-4").model_dump(mode="json")]
     catalogue.write_text(yaml.safe_dump({"rungs": rungs}))
-    ports = {name: _free_port() for name in ("serving", "judge", "router")}
+    names = ("serving", "judge", "router", *(("gateway",) if with_gateway else ()))
+    ports = {name: _free_port() for name in names}
     env = dict(os.environ, ESCALON_CATALOGUE=str(catalogue), ESCALON_DATA_DIR=str(scratch),
-               ESCALON_SERVING_RUNTIME="inprocess",
                ESCALON_ROUTER_SERVING_ADDRESS=f"127.0.0.1:{ports['serving']}",
                ESCALON_ROUTER_JUDGE_ADDRESS=f"127.0.0.1:{ports['judge']}",
+               ESCALON_JUDGE_SERVING_ADDRESS=f"127.0.0.1:{ports['serving']}",
+               **RUNTIMES[runtime], **(extra_env or {}),
                **{f"ESCALON_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     children = [Child(name, [sys.executable, "-m", f"escalon.{name}"], f"127.0.0.1:{port}")
-                for name, port in ports.items()]
+                for name, port in ports.items() if name != "gateway"]
+    if with_gateway:
+        env["ESCALON_GATEWAY_ROUTER_ADDRESS"] = f"127.0.0.1:{ports['router']}"
+        env["ESCALON_GATEWAY_SERVING_ADDRESS"] = f"127.0.0.1:{ports['serving']}"
+        children.append(Child("gateway", [sys.executable, "-m", "escalon.gateway"], None,
+                              http_ready=f"http://127.0.0.1:{ports['gateway']}/healthz"))
     return Stack(scratch, env, children)
 
 
+def _replay_stack(scratch: Path) -> Stack:
+    """The stack the tenancy bench measures on: the in-process serving runtime."""
+    return replay_stack(scratch, "inprocess")
+
+
 async def run_bench(requests: int = 1000, concurrencies: tuple[int, ...] = (1, 10, 100),
-                    rate_rps: float = 100.0) -> list[Figure]:
+                    rate_rps: float = 100.0, runtimes: tuple[str, ...] = tuple(RUNTIMES)) -> list[Figure]:
     from escalon.offline.stack import DEMO_PROMPT
     from escalon.router.policy import CheapestFirstPolicy, RouteQuery
 
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as scratch:
-        stack = _replay_stack(Path(scratch))
-        try:
-            # Spans are made but not exported: the services' own cost, without a collector on these 2 cores.
-            await start_stack(stack, timeout_s=120, echo=lambda *_: None, collect_traces=False)
-            async with grpc.aio.insecure_channel(stack.router_address) as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                floor_request = health_pb2.HealthCheckRequest()
-                figures.append(await measure("floor: bare gRPC unary hop", lambda: health.Check(floor_request),
-                                             concurrency=1, requests=requests))
-
-                catalogue = load_catalogue(stack.env["ESCALON_CATALOGUE"])
-                policy = CheapestFirstPolicy()
-                query = RouteQuery(DEMO_PROMPT, 0.7)
-                figures.append(measure_sync(f"decision: {policy.name} plan()",
-                                            lambda: policy.plan(query, catalogue, catalogue.names), requests=requests))
-                figures.extend(hybrid_decision_figures(Path(scratch), requests))
-                figures.extend(planner_step_figures(requests))
-
-                stub = router_pb2_grpc.RouterServiceStub(channel)
-                request = router_pb2.RouteRequest(prompt=DEMO_PROMPT, answer_type=AnswerType.ANSWER_TYPE_NUMBER)
-                name = "cascade: 2 replay rungs, router→serving→judge"
-                for concurrency in concurrencies:
-                    figures.append(await measure(name, lambda: stub.Route(request), concurrency=concurrency,
-                                                 requests=max(requests // 2, concurrency * 5)))
-                figures.append(await measure_open_loop(f"{name} @ {rate_rps:.0f} req/s", lambda: stub.Route(request),
-                                                       rate_rps=rate_rps, requests=max(requests // 2, 200)))
-        finally:
-            await stop_stack(stack)
+        for runtime in runtimes:
+            stack = replay_stack(Path(scratch) / runtime, runtime)
+            try:
+                # Spans are made but not exported: the services' own cost, without a collector on these 2 cores.
+                await start_stack(stack, timeout_s=300, echo=lambda *_: None, collect_traces=False)
+                async with grpc.aio.insecure_channel(stack.router_address) as channel:
+                    if not figures:  # once: the floor and the in-process decisions do not depend on the runtime
+                        health = health_pb2_grpc.HealthStub(channel)
+                        floor_request = health_pb2.HealthCheckRequest()
+                        figures.append(await measure("floor: bare gRPC unary hop",
+                                                     lambda: health.Check(floor_request), concurrency=1,
+                                                     requests=requests))
+                        catalogue = load_catalogue(stack.env["ESCALON_CATALOGUE"])
+                        policy = CheapestFirstPolicy()
+                        query = RouteQuery(DEMO_PROMPT, 0.7)
+                        figures.append(measure_sync(f"decision: {policy.name} plan()",
+                                                    lambda: policy.plan(query, catalogue, catalogue.names),
+                                                    requests=requests))
+                        figures.extend(hybrid_decision_figures(Path(scratch), requests))
+                        figures.extend(planner_step_figures(requests))
+                    figures.extend(await cascade_figures(channel, runtime, DEMO_PROMPT, requests, concurrencies,
+                                                         rate_rps))
+            finally:
+                await stop_stack(stack)
     floor = figures[0].p50_ms
     for f in figures:
         f.ratio_to_floor = f.p50_ms / floor
+    return figures
+
+
+async def cascade_figures(channel: grpc.aio.Channel, runtime: str, prompt: str, requests: int,
+                          concurrencies: tuple[int, ...], rate_rps: float) -> list[Figure]:
+    stub = router_pb2_grpc.RouterServiceStub(channel)
+    request = router_pb2.RouteRequest(prompt=prompt, answer_type=AnswerType.ANSWER_TYPE_NUMBER)
+    name = f"cascade [{runtime}]: 2 replay rungs, router→serving→judge"
+    figures = []
+    for concurrency in concurrencies:
+        figures.append(await measure(name, lambda: stub.Route(request), concurrency=concurrency,
+                                     requests=max(requests // 2, concurrency * 5)))
+    figures.append(await measure_open_loop(f"{name} @ {rate_rps:.0f} req/s", lambda: stub.Route(request),
+                                           rate_rps=rate_rps, requests=max(requests // 2, 200)))
     return figures
 
 
@@ -247,17 +284,19 @@ async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *,
 
 
 def render(figures: list[Figure]) -> str:
-    lines = [f"{'what':<58}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"]
+    lines = [f"{'what':<64}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"]
     for f in figures:
         clients = str(f.concurrency) if f.concurrency else "open"
-        lines.append(f"{f.name:<58}{clients:>8}{f.requests:>7}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
+        lines.append(f"{f.name:<64}{clients:>8}{f.requests:>7}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
                      f"{f.throughput_rps:>9.0f}{f.ratio_to_floor:>11.1f}")
     return "\n".join(lines)
 
 
 def main(requests: int, out: Path | None) -> int:
+    before = os.getloadavg()[0]
     figures = asyncio.run(run_bench(requests))
     print(render(figures))
+    print(f"load average: {before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (the machine may be shared)")
     if out:
         out.write_text(json.dumps([asdict(f) for f in figures], indent=2))
         print(f"\nwritten to {out}")
