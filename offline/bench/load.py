@@ -40,6 +40,8 @@ from escalon.offline.bench.latency import _percentile, replay_stack
 from escalon.offline.stack import DEMO_PROMPT, Stack, start_stack, stop_stack
 
 DEADLINE_S = 30.0
+#: failure -> the first message seen for it, printed with the figures
+EXAMPLES: dict[str, str] = {}
 SHED = "shed"
 OK = "OK"
 
@@ -86,7 +88,10 @@ def grpc_call(stub: router_pb2_grpc.RouterServiceStub, timeout_s: float = DEADLI
             await stub.Route(request, timeout=timeout_s)
             return OK
         except grpc.aio.AioRpcError as exc:
-            return SHED if overloaded(exc) else exc.code().name
+            if overloaded(exc):
+                return SHED
+            EXAMPLES.setdefault(exc.code().name, (exc.details() or "")[:200])
+            return exc.code().name
 
     return call
 
@@ -98,11 +103,13 @@ def http_call(client, timeout_s: float = DEADLINE_S) -> Call:  # noqa: ANN001 - 
         try:
             response = await client.post("/v1/chat/completions", json=body, timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - a transport failure is an outcome here
+            EXAMPLES.setdefault(type(exc).__name__, str(exc)[:200])
             return type(exc).__name__
         if response.status_code == 200:
             return OK
         if response.status_code == 503 and '"overloaded"' in response.text:
             return SHED
+        EXAMPLES.setdefault(f"HTTP {response.status_code}", response.text[:200])
         return f"HTTP {response.status_code}"
 
     return call
@@ -271,6 +278,8 @@ def main(args: argparse.Namespace, out: Path | None = None) -> int:
     runs = asyncio.run(run_load(args.rate, args.duration, through, rates, args.step_seconds, args.probes))
     if summary := shedding_starts(runs):
         print(summary)
+    for failure, message in EXAMPLES.items():
+        print(f"first {failure}: {message}")
     if out:
         out.write_text(json.dumps([asdict(r) for r in runs], indent=2))
         print(f"written to {out}")
