@@ -145,3 +145,44 @@ async def test_the_callers_deadline_reaches_the_rung(front):
     stub, channel, tiers = front
     await stub.Generate(REQUEST, timeout=2)
     assert 1.0 < tiers.timeouts[-1] <= 2.1  # the remaining deadline, not the rung's 30 s
+
+
+async def test_a_call_before_serving_is_ready_is_unavailable_starting_and_health_not_serving():
+    """While start() loads the rungs (here: waits on an event), calls are refused as 'starting', never INTERNAL."""
+    import socket
+
+    class LoadingTiers(FakeTiers):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loaded = asyncio.Event()
+
+        async def start(self) -> None:
+            await self.loaded.wait()
+
+    with socket.socket() as probe:  # a known free port: the server is called while running_server is entered
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tiers = LoadingTiers()
+    settings = ServingSettings(port=port, max_in_flight=1, serve_promoted=False)
+    service = ServingService(settings, Catalogue(rungs=[_rung()]), tiers=tiers)
+    entered = asyncio.Event()
+
+    async def serve() -> None:
+        async with running_server(service, settings, "escalon-serving"):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(serve())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30,
+                                                                     wait_for_ready=True)
+            code, details, _ = await _outcome(serving_pb2_grpc.ModelServingServiceStub(channel))
+            tiers.loaded.set()
+            await asyncio.wait_for(entered.wait(), 10)
+            assert (await _outcome(serving_pb2_grpc.ModelServingServiceStub(channel)))[0] == "OK"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert code == "UNAVAILABLE" and "escalon-serving is starting" in details and "retry" in details
