@@ -110,6 +110,7 @@ def replay_stack(scratch: Path, runtime: str = "ray", *, with_gateway: bool = Fa
     """serving (on `runtime`), judge and router — and the gateway when asked — each its own process as deployed,
     over a catalogue of two replay rungs (Mixtral, GPT-4)."""
     default = load_catalogue()
+    scratch.mkdir(parents=True, exist_ok=True)
     catalogue = scratch / "catalogue.yaml"
     rungs = [default.get("mixtral-8x7b").model_dump(mode="json"), default.get("gpt-4").model_dump(mode="json")]
     catalogue.write_text(yaml.safe_dump({"rungs": rungs}))
