@@ -7,12 +7,13 @@ is given — they answer in a few tokens, and their answers parse. The expected 
 answer type where it gave one, else from the prompt's shape (escalon.answers.infer_answer_type, the guess the
 judges make too, so the rung is asked for what the judges will parse):
 
-  number    "Answer with the number only."        stop at the line's end     16 tokens   first sample greedy
-  choice    "Answer with the letter only."         stop at the line's end      8 tokens   first sample greedy
-  yes_no    "Answer yes or no."                    stop at the line's end      8 tokens   first sample greedy
-  short     "Answer in a few words."               stop at the line's end     32 tokens
-  code      the prompt as sent                     stop at a new question    384 tokens
-  long      the prompt as sent                     stop at a new question    256 tokens
+  number    "Write only the arithmetic expression…"  stop at the line's end   32 tokens   first sample greedy
+            — the model writes the calculation, Escalon works it out (calculated())
+  choice    "Answer with the letter … only."         stop at the line's end    8 tokens   first sample greedy
+  yes_no    "Answer yes or no."                      stop at the line's end    8 tokens   first sample greedy
+  short     "Answer in a few words."                 stop at the line's end   32 tokens
+  code      the prompt as sent                       stop at a new question  384 tokens
+  long      the prompt as sent                       stop at a new question  256 tokens
 
 A chat rung gets the instruction after the question inside its chat template; a completion (base) rung gets a
 "Question: … / Answer:" frame with two worked examples of the same kind, which a base model continues far more
@@ -21,8 +22,11 @@ reliably than an instruction. The caller's own max_tokens still bounds the cap, 
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from escalon.answer_keys import prompt_has_options
 from escalon.answers import infer_answer_type
@@ -49,12 +53,17 @@ class AnswerFormat:
     max_tokens: int
     greedy_first: bool  # the first sample is greedy (the model's best guess); the others keep the temperature
     examples: tuple[tuple[str, str], ...] = ()  # (question, answer) shown to completion rungs
+    calculate: bool = False  # the model writes the calculation; Escalon works it out (calculated())
 
 
 FORMATS: dict[str, AnswerFormat] = {
     "number": AnswerFormat(
-        "number", "Answer with the number only.", ("\n",), 16, True,
-        (("What is 3 times 4?", "12"), ("Anna has 5 apples and eats 2. How many apples are left?", "3")),
+        "number", "Write only the arithmetic expression that computes the answer, using numbers and + - * /.",
+        ("\n",), 32, True,
+        (("What is 3 times 4?", "3 * 4"), ("What is 10% of 50?", "10 / 100 * 50"),
+         ("Tom has 5 bags with 6 apples each and gives away 4 apples. How many apples does he have left?",
+          "5 * 6 - 4")),
+        calculate=True,
     ),
     "choice": AnswerFormat(
         "choice", "Answer with the letter of the correct option only.", ("\n",), 8, True,
@@ -83,6 +92,11 @@ class ShapedPrompt:
     stop: tuple[str, ...]
     max_tokens: int
     greedy_first: bool
+    calculate: bool = False
+
+    def finish(self, text: str) -> str:
+        """A sample's text as the rung returns it: for a calculated kind, the model's last calculation worked out."""
+        return calculated(text) if self.calculate else text
 
 
 def answer_kind(prompt: str, answer_type: int = AnswerType.ANSWER_TYPE_UNSPECIFIED) -> str:
@@ -125,4 +139,66 @@ def shape_prompt(prompt: str, answer_type: int, prompt_format: str, *, max_token
     else:
         text = prompt
     stops = tuple(dict.fromkeys((*stop, *fmt.stop)))
-    return ShapedPrompt(fmt.kind, text, stops, max(1, min(max_tokens, fmt.max_tokens)), fmt.greedy_first)
+    return ShapedPrompt(fmt.kind, text, stops, max(1, min(max_tokens, fmt.max_tokens)), fmt.greedy_first,
+                        fmt.calculate)
+
+
+_EXPRESSION = r"[\d.\s()+\-*/]+"
+_CHAIN = re.compile(rf"{_EXPRESSION}(?:=(?!=){_EXPRESSION})*")  # "0.15 * 80 = 1.15 * 80 = 92": one chain
+_HAS_OPERATOR = re.compile(r"\d\s*\)*\s*[-+*/]\s*\(*\s*-?\.?\d")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.USub: operator.neg, ast.UAdd: operator.pos}
+_MAX_EXPRESSION = 200  # characters: a calculation is short; anything longer is not worked out
+
+
+def calculated(text: str) -> str:
+    """The text's calculation worked out exactly, as `expression = value`; the text unchanged when it holds none
+    (its last number is then its answer). The calculation is the last chain of equalities in the text that holds
+    arithmetic (numbers, + - * / and brackets), read at its first expression: in "15% of 80 is 0.15 * 80 =
+    1.15 * 80 = 92" the model set the question up right and then slipped, so 0.15 * 80 is what it meant.
+
+    Program-aided answering (Gao et al. 2023, PAL; Chen et al. 2023, Program of Thoughts): a 135M model turns
+    "What is 12 times 7?" into "12 * 7" reliably but multiplies badly ("12 * 7 = 88"), so the model writes the
+    calculation and Python's own parser evaluates it. Only numeric literals and the four operations are
+    evaluated (an ast walk, never eval); "15% of 80" reads as (15 / 100) * 80, a percentage beside an operator as
+    (15 / 100), `×` and `÷` as * and /."""
+    plain = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text).replace("×", "*").replace("÷", "/")
+    plain = re.sub(r"(\d+(?:\.\d+)?)\s*%\s*of\s+(?=[\d(.])", r"(\1 / 100) * ", plain)  # "15% of 80"
+    plain = re.sub(r"(\d+(?:\.\d+)?)\s*%(?=\s*[-+*/])", r"(\1 / 100)", plain)  # "15% * 80"
+    plain = re.sub(r"([-+*/]\s*)(\d+(?:\.\d+)?)\s*%", r"\1(\2 / 100)", plain)  # "80 * 15%"
+    found = None
+    for chain in _CHAIN.finditer(plain):
+        for expression in (part.strip() for part in chain.group(0).split("=")):
+            if len(expression) > _MAX_EXPRESSION or not _HAS_OPERATOR.search(expression):
+                continue
+            if (value := _evaluate(expression)) is not None:
+                found = (expression, value)
+                break  # the chain's first calculation
+    if found is None:
+        return text
+    expression, value = found
+    return f"{expression} = {_decimal(value)}"
+
+
+def _evaluate(expression: str) -> Fraction | None:
+    try:
+        tree = ast.parse(expression, mode="eval")
+        return _value(tree.body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _value(node: ast.AST) -> Fraction:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(str(node.value))  # exact: 0.1 * 3 is 0.3, not 0.30000000000000004
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.left), _value(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.operand))
+    raise ValueError(f"not arithmetic: {type(node).__name__}")
+
+
+def _decimal(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")

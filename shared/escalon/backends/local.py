@@ -199,12 +199,19 @@ class LocalBackend(Backend):
     # ---- generation ------------------------------------------------------------------------------------
 
     async def generate(self, params: GenerateParams) -> GenerateResult:
-        prompt_ids, params, max_new = self._prepare(params)
+        prompt_ids, params, max_new, finish = self._prepare(params)
         async with self._lock:
-            return await self._in_thread(prompt_ids, params, max_new, None)
+            return _finished(await self._in_thread(prompt_ids, params, max_new, None), finish)
 
     async def stream(self, params: GenerateParams) -> AsyncIterator[str | GenerateResult]:
-        prompt_ids, params, max_new = self._prepare(params)
+        prompt_ids, params, max_new, finish = self._prepare(params)
+        if finish is not None:  # the answer is worked out from the whole text: it arrives as one piece
+            async with self._lock:
+                result = _finished(await self._in_thread(prompt_ids, params, max_new, None), finish)
+            if result.samples[0].text:
+                yield result.samples[0].text
+            yield result
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         async with self._lock:
@@ -223,16 +230,19 @@ class LocalBackend(Backend):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    def _prepare(self, params: GenerateParams) -> tuple[list[int], GenerateParams, int]:
+    def _prepare(self, params: GenerateParams) -> tuple[list[int], GenerateParams, int, Callable[[str], str] | None]:
         """The prompt's tokens, the params the decode loop runs (shaped for the answer type when one is given:
-        escalon.answer_format), and the tokens left for the answer."""
+        escalon.answer_format), the tokens left for the answer, and what turns a sample's text into the answer
+        (None: the text as decoded)."""
         if self.model is None:
             raise RuntimeError(f"rung {self.rung.name} is not loaded")
+        finish = None
         if params.answer_type is not None:
             shaped = shape_prompt(params.prompt, params.answer_type, self.rung.prompt_format,
                                   max_tokens=params.max_tokens, stop=params.stop)
             params = dataclasses.replace(params, prompt=shaped.prompt, stop=shaped.stop, max_tokens=shaped.max_tokens,
                                          answer_type=None, first_greedy=shaped.greedy_first)
+            finish = shaped.finish if shaped.calculate else None
         prompt_ids = self.encode(params.prompt)
         limit = self.context_limit
         if len(prompt_ids) >= limit:
@@ -241,7 +251,7 @@ class LocalBackend(Backend):
                 f"context limit of {limit} tokens",
                 field="prompt",
             )
-        return prompt_ids, params, min(params.max_tokens, limit - len(prompt_ids))
+        return prompt_ids, params, min(params.max_tokens, limit - len(prompt_ids)), finish
 
     async def _in_thread(self, prompt_ids, params, max_new, on_piece) -> GenerateResult:
         # The blocking torch loop runs in a worker thread; a cancelled call (client gone, timeout) stops it
@@ -368,6 +378,13 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         self.model = None
+
+
+def _finished(result: GenerateResult, finish: Callable[[str], str] | None) -> GenerateResult:
+    """The samples' texts as answers (a calculation worked out); token counts and log-probs stay the model's."""
+    if finish is not None:
+        result.samples = [dataclasses.replace(s, text=finish(s.text)) for s in result.samples]
+    return result
 
 
 def _held_back(text: str, stop: tuple[str, ...]) -> int:

@@ -3,7 +3,7 @@ Pure functions: no model is loaded here (tests/integration/serving/test_answer_f
 
 import pytest
 
-from escalon.answer_format import FORMATS, KINDS, answer_kind, shape_prompt
+from escalon.answer_format import FORMATS, KINDS, answer_kind, calculated, shape_prompt
 from escalon.gen.common.v1.common_pb2 import AnswerType
 
 pytestmark = pytest.mark.unit
@@ -38,11 +38,11 @@ def test_the_caller_s_answer_type_wins_over_the_prompt_s_shape():
 def test_a_number_gets_an_instruction_a_line_stop_a_small_cap_and_a_greedy_first_sample():
     chat = shape_prompt("What is 12 times 7?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=128)
     assert chat.kind == "number" and chat.greedy_first
-    assert chat.prompt == "What is 12 times 7?\nAnswer with the number only."
+    assert chat.prompt == f"What is 12 times 7?\n{FORMATS['number'].instruction}" and "expression" in chat.prompt
     assert chat.stop == ("\n",) and chat.max_tokens == FORMATS["number"].max_tokens <= 32
     base = shape_prompt("What is 12 times 7?", AnswerType.ANSWER_TYPE_NUMBER, "completion", max_tokens=128)
     # a base model continues a Question/Answer frame with worked examples of the same kind
-    assert base.prompt.startswith("Question: What is 3 times 4?\nAnswer: 12\n\n")
+    assert base.prompt.startswith("Question: What is 3 times 4?\nAnswer: 3 * 4\n\n")
     assert base.prompt.endswith("Question: What is 12 times 7?\nAnswer:") and base.stop == ("\n",)
 
 
@@ -53,7 +53,35 @@ def test_the_caller_s_limits_and_stop_strings_are_kept():
 
 def test_long_answers_keep_the_prompt_and_a_cap_that_fits_them():
     caps = {kind: FORMATS[kind].max_tokens for kind in KINDS}
-    assert caps["number"] < caps["short"] < caps["long"] <= caps["code"]
+    assert caps["number"] <= caps["short"] < caps["long"] <= caps["code"]
     essay = shape_prompt("Explain why the sky is blue.", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=1000)
     assert essay.prompt == "Explain why the sky is blue." and not essay.greedy_first
     assert essay.max_tokens == caps["long"] and "\n" not in essay.stop
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("12 * 7 = 88", "12 * 7 = 84"),  # the model sets it up right and multiplies wrong: the sum is redone
+    ("15% of 80 is 0.15 * 80 = 1.15 * 80 = 92", "0.15 * 80 = 12"),  # a chain is read at its first calculation
+    ("3 * 4 = 12 apples. Then 12 + 5 = 18.", "12 + 5 = 17"),  # the last chain is the final step
+    ("15% * 80", "(15 / 100) * 80 = 12"),
+    ("What is 15% of 80", "(15 / 100) * 80 = 12"),
+    ("64 / (3.5 + 4.5)", "64 / (3.5 + 4.5) = 8"),
+    ("1,000 * 3", "1000 * 3 = 3000"),
+    ("0.1 * 3", "0.1 * 3 = 0.3"),  # exact arithmetic, not 0.30000000000000004
+    ("10 / 3", "10 / 3 = 3.333333"),
+])
+def test_a_calculation_is_worked_out_exactly(text, answer):
+    assert calculated(text) == answer
+
+
+@pytest.mark.parametrize("text", ["100 divided by 4 equals 25.", "2 ** 1000", "5 / 0", "__import__('os') + 1",
+                                  "50% of the 30 apples", ""])
+def test_text_without_a_calculation_it_can_work_out_is_left_as_it_is(text):
+    assert calculated(text) == text
+
+
+def test_only_a_calculated_kind_rewrites_its_samples():
+    number = shape_prompt("What is 12 times 7?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=64)
+    short = shape_prompt("Who wrote Hamlet?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=64)
+    assert number.calculate and number.finish("12 * 7 = 88") == "12 * 7 = 84"
+    assert not short.calculate and short.finish("1 + 1 = 3") == "1 + 1 = 3"
