@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address to bind; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, le=65535, description="port to bind; 0 picks a free one")
     max_in_flight: int = Field(
-        default=64, ge=0, le=100_000,
+        default=256, ge=0, le=100_000,
         description="calls handled at once (health and reflection not counted); one more is shed at once with "
                     "RESOURCE_EXHAUSTED 'overloaded: ...' and a retry-after-ms hint; 0 = no bound",
     )
