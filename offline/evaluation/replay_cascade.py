@@ -56,7 +56,7 @@ class ReplayGenerator:
         return self.backends[rung.name]
 
     async def generate(self, rung: Rung, prompt: str, *, n: int, temperature: float, max_tokens: int,
-                       on_text: Callable[[str], Awaitable[None]] | None = None) -> Generation:
+                       on_text: Callable[[str], Awaitable[None]] | None = None, answer_type: int = 0) -> Generation:
         result = await self.backend(rung).generate(GenerateParams(prompt=prompt, max_tokens=max_tokens, n=1,
                                                                   temperature=temperature))
         return Generation([s.text for s in result.samples], float(result.cost_usd or 0.0), 0.0,

@@ -38,7 +38,9 @@ class Generation:
 
 class Generator(Protocol):
     async def generate(self, rung: Rung, prompt: str, *, n: int, temperature: float, max_tokens: int,
-                       on_text: Callable[[str], Awaitable[None]] | None = None) -> Generation: ...
+                       on_text: Callable[[str], Awaitable[None]] | None = None, answer_type: int = 0) -> Generation:
+        """`answer_type` (escalon.common.v1.AnswerType): the answer the query expects, so that local rungs are asked
+        for it in a form they follow (escalon.answer_format); 0: the prompt as sent."""
 
 
 class Scorer(Protocol):
@@ -297,7 +299,8 @@ class Cascade:
         stream = (lambda text: on_text(rung.name, text)) if on_text else None
         generation = await asyncio.wait_for(
             self.generator.generate(rung, query.prompt, n=self.samples_for(rung), temperature=self.sampling.temperature,
-                                    max_tokens=query.max_tokens or rung.max_tokens, on_text=stream),
+                                    max_tokens=query.max_tokens or rung.max_tokens, on_text=stream,
+                                    answer_type=query.answer_type),
             timeout=rung.timeout_s,
         )
         if not generation.texts:

@@ -36,9 +36,9 @@ class ServingClient:
         self.stub = serving_pb2_grpc.ModelServingServiceStub(channel)
 
     async def generate(self, rung: Rung, prompt: str, *, n: int, temperature: float, max_tokens: int,
-                       on_text: Callable[[str], Awaitable[None]] | None = None) -> Generation:
+                       on_text: Callable[[str], Awaitable[None]] | None = None, answer_type: int = 0) -> Generation:
         request = serving_pb2.GenerateRequest(rung=rung.name, prompt=prompt, n=n, temperature=temperature,
-                                              max_tokens=max_tokens)
+                                              max_tokens=max_tokens, answer_type=answer_type)
         started = time.perf_counter()
         try:
             if on_text is None:

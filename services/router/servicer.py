@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from escalon.answer_format import expected_answer_type
 from escalon.auth import current_key
 from escalon.db.settings import DatabaseSettings
 from escalon.errors import InvalidInput, ServiceStarting, shown
@@ -90,7 +91,8 @@ class Router:
         return RouteQuery(
             prompt=prompt,
             threshold=self._threshold(request),
-            answer_type=request.answer_type,
+            # resolved once: the rungs are asked for (escalon.answer_format) and the judges parse the same kind
+            answer_type=expected_answer_type(prompt, request.answer_type),
             max_cost_usd=request.max_cost_usd if request.HasField("max_cost_usd") else None,
             pin_rung=request.pin_rung or None,
             max_tokens=request.max_tokens,

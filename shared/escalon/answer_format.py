@@ -125,6 +125,17 @@ def answer_kind(prompt: str, answer_type: int = AnswerType.ANSWER_TYPE_UNSPECIFI
     return "short"
 
 
+_KIND_TYPES = {"number": AnswerType.ANSWER_TYPE_NUMBER, "choice": AnswerType.ANSWER_TYPE_CHOICE,
+               "yes_no": AnswerType.ANSWER_TYPE_YES_NO, "code": AnswerType.ANSWER_TYPE_CODE,
+               "short": AnswerType.ANSWER_TYPE_FREE_TEXT, "long": AnswerType.ANSWER_TYPE_FREE_TEXT}
+
+
+def expected_answer_type(prompt: str, answer_type: int = AnswerType.ANSWER_TYPE_UNSPECIFIED) -> int:
+    """The caller's answer type, or the one the prompt's shape implies (never UNSPECIFIED): the router resolves a
+    query's type once, so that its rungs are asked for, and its judges parse, the same kind of answer."""
+    return answer_type or _KIND_TYPES[answer_kind(prompt, answer_type)]
+
+
 def shape_prompt(prompt: str, answer_type: int, prompt_format: str, *, max_tokens: int,
                  stop: tuple[str, ...] = ()) -> ShapedPrompt:
     """The request a local rung runs for `prompt`: `prompt_format` is the rung's (chat | completion); the

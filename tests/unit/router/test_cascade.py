@@ -29,7 +29,7 @@ class ScriptedGenerator:
         self.answers = answers  # rung -> list of sample texts, or an exception
         self.calls = []
 
-    async def generate(self, rung, prompt, *, n, temperature, max_tokens, on_text=None):
+    async def generate(self, rung, prompt, *, n, temperature, max_tokens, on_text=None, answer_type=0):
         self.calls.append((rung.name, n))
         said = self.answers[rung.name]
         if isinstance(said, Exception):

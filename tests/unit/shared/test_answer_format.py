@@ -85,3 +85,12 @@ def test_only_a_calculated_kind_rewrites_its_samples():
     short = shape_prompt("Who wrote Hamlet?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=64)
     assert number.calculate and number.finish("12 * 7 = 88") == "12 * 7 = 84"
     assert not short.calculate and short.finish("1 + 1 = 3") == "1 + 1 = 3"
+
+
+def test_the_router_resolves_a_query_s_type_once_never_to_unspecified():
+    from escalon.answer_format import expected_answer_type
+
+    assert expected_answer_type("What is 12 times 7?") == AnswerType.ANSWER_TYPE_NUMBER
+    assert expected_answer_type(DEMO) == AnswerType.ANSWER_TYPE_NUMBER  # "how many", figures in words
+    assert expected_answer_type("Explain why the sky is blue.") == AnswerType.ANSWER_TYPE_FREE_TEXT
+    assert expected_answer_type("What is 12 times 7?", AnswerType.ANSWER_TYPE_CODE) == AnswerType.ANSWER_TYPE_CODE
