@@ -16,8 +16,8 @@ judges make too, so the rung is asked for what the judges will parse):
   long      the prompt as sent                       stop at a new question  256 tokens
 
 A chat rung gets the instruction after the question inside its chat template; a completion (base) rung gets a
-"Question: … / Answer:" frame with two worked examples of the same kind, which a base model continues far more
-reliably than an instruction. The caller's own max_tokens still bounds the cap, and its stop strings are kept.
+"Question: … / Answer:" frame ("Calculation:" for numbers) with worked examples of the same kind, which a base
+model continues far more reliably than an instruction. The caller's own max_tokens still bounds the cap, and its stop strings are kept.
 """
 
 from __future__ import annotations
@@ -54,16 +54,17 @@ class AnswerFormat:
     greedy_first: bool  # the first sample is greedy (the model's best guess); the others keep the temperature
     examples: tuple[tuple[str, str], ...] = ()  # (question, answer) shown to completion rungs
     calculate: bool = False  # the model writes the calculation; Escalon works it out (calculated())
+    label: str = "Answer"  # what a completion rung's frame calls the answer
 
 
 FORMATS: dict[str, AnswerFormat] = {
     "number": AnswerFormat(
         "number", "Write only the arithmetic expression that computes the answer, using numbers and + - * /.",
         ("\n",), 32, True,
-        (("What is 3 times 4?", "3 * 4"), ("What is 10% of 50?", "10 / 100 * 50"),
+        (("What is 3 times 4?", "3 * 4"), ("What is 10% of 50?", "10% * 50"),
          ("Tom has 5 bags with 6 apples each and gives away 4 apples. How many apples does he have left?",
           "5 * 6 - 4")),
-        calculate=True,
+        calculate=True, label="Calculation",
     ),
     "choice": AnswerFormat(
         "choice", "Answer with the letter of the correct option only.", ("\n",), 8, True,
@@ -145,8 +146,8 @@ def shape_prompt(prompt: str, answer_type: int, prompt_format: str, *, max_token
     if prompt_format == "chat":
         text = f"{question}\n{fmt.instruction}" if fmt.instruction else prompt
     elif fmt.examples:
-        shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in fmt.examples)
-        text = f"{shots}Question: {question}\nAnswer:"
+        shots = "".join(f"Question: {q}\n{fmt.label}: {a}\n\n" for q, a in fmt.examples)
+        text = f"{shots}Question: {question}\n{fmt.label}:"
     else:
         text = prompt
     stops = tuple(dict.fromkeys((*stop, *fmt.stop)))

@@ -42,8 +42,8 @@ def test_a_number_gets_an_instruction_a_line_stop_a_small_cap_and_a_greedy_first
     assert chat.stop == ("\n",) and chat.max_tokens == FORMATS["number"].max_tokens <= 32
     base = shape_prompt("What is 12 times 7?", AnswerType.ANSWER_TYPE_NUMBER, "completion", max_tokens=128)
     # a base model continues a Question/Answer frame with worked examples of the same kind
-    assert base.prompt.startswith("Question: What is 3 times 4?\nAnswer: 3 * 4\n\n")
-    assert base.prompt.endswith("Question: What is 12 times 7?\nAnswer:") and base.stop == ("\n",)
+    assert base.prompt.startswith("Question: What is 3 times 4?\nCalculation: 3 * 4\n\n")
+    assert base.prompt.endswith("Question: What is 12 times 7?\nCalculation:") and base.stop == ("\n",)
 
 
 def test_the_caller_s_limits_and_stop_strings_are_kept():
