@@ -41,6 +41,8 @@ class DistillParams(JobParams):
     catalogue: str | None = Field(default=None, description="catalogue YAML (default: ESCALON_CATALOGUE or packaged)")
     data_dir: str | None = Field(default=None, description="set at submit: the service's data dir")
     models_dir: str | None = Field(default=None, description="set at submit: the local model cache")
+    score_baseline: bool = Field(default=True, description="score the untrained student first (false: the report "
+                                                           "has no 'before' figures; a benchmark's repeat seeds)")
     step_delay_s: float = Field(default=0.0, ge=0, le=60, description="for tests and demos only: sleep per step")
 
     PACING = frozenset({"step_delay_s", "torch_threads", "device", "teacher_chunk"})

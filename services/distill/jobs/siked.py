@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import Field
 
-from escalon.distill.jobs.base import JobContext, JobKind, pause
+from escalon.distill.jobs.base import JobContext, JobKind, TransientJobError, pause
 from escalon.distill.jobs.distilling import (
     DistillParams,
     job_catalogue,
@@ -39,7 +39,7 @@ from escalon.distill.jobs.distilling import (
     student_rung_spec,
 )
 from escalon.distill.training.data import is_correct, read_jsonl, strategy_of, write_jsonl
-from escalon.distill.training.lora import TrainConfig
+from escalon.distill.training.lora import DivergedError, TrainConfig
 from escalon.distill.training.teachers import STRATEGIES, Teacher, make_teacher
 from escalon.errors import RungUnavailable
 from escalon.files import atomic_write
@@ -114,12 +114,17 @@ class _Siked:
         rows = read_jsonl(path)[: state["teacher_done"]] if path.is_file() else []
         done_q = len({r["id"] for r in rows})
         for start in range(done_q, len(splits.train), p.teacher_chunk):
-            for item in splits.train[start : start + p.teacher_chunk]:
+            chunk = splits.train[start : start + p.teacher_chunk]
+            for item in chunk:
                 for s in p.strategies:
                     try:
                         answer = self.teacher.solve(item, s)
                     except RungUnavailable:  # e.g. a replay teacher has only its recorded strategy
                         continue
+                    except (TransientJobError, TimeoutError) as exc:
+                        raise TransientJobError(
+                            f"teacher phase: teacher failed on question {start + 1 + chunk.index(item)} of "
+                            f"{len(splits.train)} ({done_q} questions saved at the last checkpoint): {exc}") from exc
                     state["teacher_calls"] += answer.calls
                     state["teacher_cost_usd"] = round(state["teacher_cost_usd"] + answer.cost_usd, 8)
                     target = f"[{s}]: {answer.text}"
@@ -131,7 +136,9 @@ class _Siked:
                       "questions", 0.1)
         kept = [r for r in rows if r["correct"]]
         if not kept:
-            raise ValueError("the teacher solved none of the train questions correctly")
+            raise ValueError(f"teacher phase: the teacher {p.teacher} solved none of the {len(splits.train)} train "
+                             f"questions correctly in any strategy ({len(rows)} solutions, all wrong or without a "
+                             "parsable answer); no student was written")
         write_jsonl(self.it_dir(0) / "data.jsonl", [{"id": r["id"], "prompt": self.by_id[r["id"]].prompt,
                                                      "target": r["target"], "from": "teacher"} for r in kept])
         state["teacher_kept_by_strategy"] = dict(Counter(r["strategy"] for r in kept))
@@ -142,6 +149,9 @@ class _Siked:
 
     def _baseline(self, t: int) -> dict[str, Any] | None:
         p, state, splits = self.p, self.state, self.splits
+        if not p.score_baseline:
+            state["baseline"], state["phase"] = {"val": None, "test": None}, "train"
+            return None
         self.student.use_base()
         val, test = score(self.student, splits.val, p), score(self.student, splits.test, p)
         state["baseline"] = {"val": val.accuracy, "test": test.accuracy}
@@ -159,9 +169,12 @@ class _Siked:
             self.ctx.report(min(0.99, (t + 0.3 + 0.4 * step / total) / (self.total_its + 0.5)),
                             f"iteration {t}: training step {step}/{total}, loss {loss:.3f}")
 
-        run_ = self.student.finetune(rows, self.it_dir(t), p.train, on_step=on_step,
-                                     on_checkpoint=lambda s, n, t=t: self.save(f"iteration {t}: state at step {s}/{n}",
-                                                                               0.3 + 0.4 * s / n, step=s))
+        try:
+            run_ = self.student.finetune(rows, self.it_dir(t), p.train, on_step=on_step,
+                                         on_checkpoint=lambda s, n, t=t: self.save(
+                                             f"iteration {t}: state at step {s}/{n}", 0.3 + 0.4 * s / n, step=s))
+        except DivergedError as exc:  # earlier iterations' adapters and the last training state stay on disk
+            raise DivergedError(f"iteration {t} training on {len(rows)} rows: {exc}; no student was written") from None
         state["train"] = {"steps": run_.steps, "rows": len(rows), "loss": run_.losses[-1]}
         state["phase"] = "eval"
         self.save(f"iteration {t}: trained {run_.steps} steps on {len(rows)} rows", 0.7)
@@ -237,7 +250,8 @@ class _Siked:
                           {"SIKeD, test": [(r["iteration"], r["test_accuracy"]) for r in its],
                            "SIKeD, val": [(r["iteration"], r["val_accuracy"]) for r in its],
                            "α (teacher share)": [(r["iteration"], r["alpha"]) for r in its]},
-                          {"before distillation, test": state["baseline"]["test"]}, xlabel="iteration")
+                          {"before distillation, test": state["baseline"]["test"]}
+                          if state["baseline"]["test"] is not None else {}, xlabel="iteration")
         name = f"{p.student}-siked-{self.ctx.job_id[:8].lower()}".replace("_", "-")
         report = {"format": FORMAT, "teacher": p.teacher, "student": p.student,
                   "items": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
@@ -264,8 +278,9 @@ def run(params: SikedParams, ctx: JobContext) -> dict[str, Any]:
 
 def _markdown(r: dict[str, Any]) -> str:
     out = [f"# SIKeD distillation: {r['student']} taught by {r['teacher']}", "",
-           f"Teacher solutions kept per strategy: {r['teacher_kept_by_strategy']}. Before distillation: val "
-           f"{100 * r['before']['val']:.1f}%, test {100 * r['before']['test']:.1f}%.", "",
+           f"Teacher solutions kept per strategy: {r['teacher_kept_by_strategy']}. Before distillation: "
+           + (f"val {100 * r['before']['val']:.1f}%, test {100 * r['before']['test']:.1f}%." if r["before"]["test"]
+              is not None else "not scored."), "",
            "| iteration | α | train rows (self) | val | test | test strategy mix |", "|---:|---:|---:|---:|---:|---|"]
     for x in r["iterations"]:
         out.append(f"| {x['iteration']} | {x['alpha']:.2f} | {x.get('rows', '')} ({x.get('self_rows', 0)}) | "

@@ -3,23 +3,28 @@
     R0 = {(q, T.solve(q)) : correct}                      round 0 = one-shot distillation
     S  = finetune(S0, R0); best = acc(S, val)
     for t in 1..rounds:
-        E  = the current student's errors on the train items
+        E  = the current student's errors on the train items (none left: stop)
         for q in E: r = T.refine(q, its earlier rationales, the student's answer, score, similar val errors)
                     keep r only if its answer is correct; it replaces q's rationale in R_t
-        S_t = finetune(S0, R_t); acc = acc(S_t, val)
+        S_t = finetune(S, refined rows + replay × as many rows of items S already answers)  (continued)
+        acc = acc(S_t, val)
         if acc < best + min_gain: stop (converged; S_t is not kept)
         S, best = S_t, acc
 
-Every round trains from the base weights on a data set of the same size (refined rationales replace the
-earlier ones), so a gain over round 0 comes from what the rationales say, not from more data or steps.
-The test items are scored after every round for the report; only validation accuracy makes decisions.
+Later rounds continue from the kept student (`continue_training`, the default) at `round_lr` (half of
+train.lr) for `round_epochs`, on the refinements of its errors and a seeded replay of rows it already gets
+right, so a round adds to what the student learnt instead of replacing it. With continue_training false,
+every round retrains from the base weights on the whole set with refined rationales in place (the earlier
+behaviour: a data set of the same size, as many steps). A round whose student is not better on validation
+is not kept. The test items are scored after every round for the report; only validation decides.
 
 Phases, each ending in a checkpoint (a redelivered job resumes at the phase and step it reached):
 teacher (every `teacher_chunk` questions) → baseline → per round: train (a resumable LoRA state every
 `train.checkpoint_every` steps) → eval → errors → refine (every `teacher_chunk` questions). Everything a
 round used and produced stays under the job's artefact folder:
 
-    rounds/<t>/data.jsonl     the training rows of round t (target, source, earlier rationales)
+    rounds/<t>/data.jsonl     every train item's current rationale after round t's refinements (and history)
+    rounds/<t>/train.jsonl    continued rounds: the rows round t trained on (refined + replayed)
     rounds/<t>/adapter/       the LoRA adapter of round t
     rounds/<t>/eval.json      val and test accuracy, and every answer the student gave
     rounds/<t>/errors.jsonl   the train items the round-t student got wrong (input of round t+1's refine)
@@ -31,6 +36,7 @@ round used and produced stays under the job's artefact folder:
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -38,7 +44,7 @@ from typing import Any
 
 from pydantic import Field
 
-from escalon.distill.jobs.base import JobContext, JobKind, pause
+from escalon.distill.jobs.base import JobContext, JobKind, TransientJobError, pause
 from escalon.distill.jobs.distilling import (
     DistillParams,
     Scores,
@@ -51,7 +57,9 @@ from escalon.distill.jobs.distilling import (
     student_rung_spec,
 )
 from escalon.distill.training.data import Item, final_answer, is_correct, read_jsonl, write_jsonl
+from escalon.distill.training.lora import DivergedError, TrainConfig
 from escalon.distill.training.teachers import Teacher, make_teacher
+from escalon.distill.jobs.undo_report import render_markdown
 from escalon.files import atomic_write
 
 FORMAT = "escalon.undo/v1"
@@ -65,6 +73,16 @@ class UndoParams(DistillParams):
         default_factory=list,
         description="replay teachers only: rungs whose recorded correct answers may stand in for a refinement",
     )
+    continue_training: bool = Field(
+        default=True,
+        description="later rounds continue from the kept student on its refined errors plus a replay of rows it "
+                    "answers (false: retrain from the base weights on the whole set, every round the same size)",
+    )
+    replay: float = Field(default=1.0, ge=0, le=10,
+                          description="continued rounds: rows the student already answers, per refined row")
+    round_lr: float | None = Field(default=None, gt=0, le=1,
+                                   description="continued rounds: learning rate (default half of train.lr)")
+    round_epochs: float = Field(default=2, gt=0, le=50, description="continued rounds: passes over the round's rows")
 
 
 def prepare(params: UndoParams, data_dir: Path) -> UndoParams:
@@ -143,10 +161,11 @@ class _Undo:
         done = done[: self.state["teacher_done"]]  # a row written after the last checkpoint is redone
         train = self.splits.train
         for start in range(len(done), len(train), self.p.teacher_chunk):
-            for item in train[start : start + self.p.teacher_chunk]:
-                answer = self.teacher.solve(item, "cot")
+            for k, item in enumerate(train[start : start + self.p.teacher_chunk], start):
+                answer = _asked(lambda item=item: self.teacher.solve(item, "cot"), "teacher", k, len(train), len(done))
                 self.count(answer.source, answer.calls, answer.cost_usd)
                 done.append({"id": item.id, "text": answer.text, "correct": is_correct(answer.text, item),
+                             "parsed": final_answer(answer.text, item.answer_type) is not None,
                              "source": answer.source, "cost_usd": answer.cost_usd})
             write_jsonl(path, done)
             self.state["teacher_done"] = len(done)
@@ -154,7 +173,10 @@ class _Undo:
         rows = [{"id": d["id"], "prompt": self.by_id[d["id"]].prompt, "target": d["text"], "source": d["source"],
                  "history": [d["text"]]} for d in done if d["correct"]]
         if not rows:
-            raise ValueError(f"the teacher {self.p.teacher} answered none of the {len(train)} train items correctly")
+            unparsed = sum(not d.get("parsed", True) for d in done)
+            raise ValueError(f"teacher phase: the teacher {self.p.teacher} answered none of the {len(train)} train "
+                             f"items correctly ({unparsed} rationales had no parsable final answer, "
+                             f"{len(done) - unparsed} a wrong one); nothing to distil, no student was written")
         write_jsonl(self.rdir(0) / "data.jsonl", rows)
         self.state["teacher_correct"] = len(rows)
         self.state["phase"] = "baseline"
@@ -163,6 +185,10 @@ class _Undo:
                                  "teacher_calls": self.state["teacher_calls"]})
 
     def baseline_phase(self) -> None:
+        if not self.p.score_baseline:
+            self.state["baseline"] = {"val": {"accuracy": None}, "test": {"accuracy": None}}
+            self.state["phase"] = "train"
+            return
         self.use("base")
         here = (self.progress(0.2),) * 2
         val = score(self.student, self.splits.val, self.p, ctx=self.ctx, progress=here,
@@ -176,9 +202,20 @@ class _Undo:
         self.checkpoint(f"before distillation: val {val.accuracy:.1%}, test {test.accuracy:.1%}", frac=0.25,
                         metrics={"round": -1, "val_accuracy": val.accuracy, "test_accuracy": test.accuracy})
 
+    def _round_training(self, t: int) -> tuple[list[tuple[str, str]], TrainConfig, Path | None]:
+        """What round t trains on, with which settings, from which weights."""
+        if t == 0 or not self.p.continue_training:
+            return [(r["prompt"], r["target"]) for r in read_jsonl(self.rdir(t) / "data.jsonl")], self.p.train, None
+        rows = [(r["prompt"], r["target"]) for r in read_jsonl(self.rdir(t) / "train.jsonl")]
+        config = self.p.train.model_copy(update={"lr": self.p.round_lr or self.p.train.lr / 2,
+                                                 "epochs": self.p.round_epochs, "seed": self.p.train.seed + t})
+        return rows, config, self.rdir(self.state["best_round"]) / "adapter"
+
     def train_phase(self) -> None:
         t = self.state["round"]
-        rows = [(r["prompt"], r["target"]) for r in read_jsonl(self.rdir(t) / "data.jsonl")]
+        rows, config, init = self._round_training(t)
+        if not rows:
+            raise ValueError(f"round {t}: no training rows (0 refined rationales correct and nothing to replay)")
 
         def on_step(step: int, total: int, loss: float) -> None:
             pause(self.p.step_delay_s)
@@ -190,7 +227,13 @@ class _Undo:
             self.checkpoint(f"round {t}: training state saved at step {step}/{total}", step=step,
                             frac=0.3 + 0.4 * step / total, metrics={"round": t, "train_step": step})
 
-        run = self.student.finetune(rows, self.rdir(t), self.p.train, on_step=on_step, on_checkpoint=on_checkpoint)
+        try:
+            run = self.student.finetune(rows, self.rdir(t), config, on_step=on_step, on_checkpoint=on_checkpoint,
+                                        init_adapter=init)
+        except DivergedError as exc:  # the rounds before, their adapters and the last training state stay on disk
+            kept = self.state["best_round"]
+            raise DivergedError(f"round {t} training on {len(rows)} rows: {exc}; kept so far: "
+                                f"{'none' if kept is None else f'round {kept}'}, no student was written") from None
         self.loaded = str(run.adapter_dir)
         self.state["train"] = {"round": t, "steps": run.steps, "rows": len(rows), "loss_first": run.losses[0],
                                "loss_last": run.losses[-1], "seconds": round(run.seconds, 1),
@@ -255,6 +298,8 @@ class _Undo:
         self._round(t)["train_accuracy"] = scores.accuracy
         self._round(t)["train_errors"] = len(errors)
         self.state["phase"] = "refine"
+        if not errors:  # nothing left for the teacher to refine: the loop has converged
+            self.state["phase"], self.state["stop_reason"] = "finalize", f"no train errors left after round {t}"
         self.state["refine_done"] = 0
         self.checkpoint(f"round {t}: {len(errors)} errors on {len(train)} train items", frac=0.9,
                         metrics={"round": t, "train_accuracy": scores.accuracy, "errors": len(errors)})
@@ -267,11 +312,13 @@ class _Undo:
         refined = read_jsonl(partial)[: self.state["refine_done"]] if partial.is_file() else []
         val_errors = self._val_errors(t)
         for start in range(len(refined), len(errors), self.p.teacher_chunk):
-            for err in errors[start : start + self.p.teacher_chunk]:
+            for k, err in enumerate(errors[start : start + self.p.teacher_chunk], start):
                 item = self.by_id[err["id"]]
                 previous = rows[item.id]["history"] if item.id in rows else self._teacher_history(item.id)
-                answer = self.teacher.refine(item, previous, err["student"], err["score"],
-                                             _similar(item, val_errors, self.p.similar_errors))
+                similar = _similar(item, val_errors, self.p.similar_errors)
+                answer = _asked(lambda item=item, previous=previous, err=err, similar=similar: self.teacher.refine(
+                    item, previous, err["student"], err["score"], similar), f"round {t + 1} refine", k, len(errors),
+                    len(refined))
                 self.count(answer.source, answer.calls, answer.cost_usd)
                 refined.append({"id": item.id, "text": answer.text, "source": answer.source,
                                 "correct": is_correct(answer.text, item), "cost_usd": answer.cost_usd})
@@ -288,6 +335,8 @@ class _Undo:
             rows[r["id"]] = {"id": r["id"], "prompt": self.by_id[r["id"]].prompt, "target": r["text"],
                              "source": r["source"], "history": history}
         write_jsonl(self.rdir(t + 1) / "data.jsonl", list(rows.values()))
+        if self.p.continue_training:
+            write_jsonl(self.rdir(t + 1) / "train.jsonl", self._continued_rows(rows, refined, errors))
         self.state.update(round=t + 1, phase="train", refined=len(refined), refine_kept=kept, errors_n=len(errors))
         self.checkpoint(f"round {t + 1}: {kept} of {len(refined)} refined rationales correct and used",
                         step=t + 1, frac=0.0, metrics={"round": t + 1, "refined": len(refined), "refine_kept": kept})
@@ -309,6 +358,16 @@ class _Undo:
         return report
 
     # ---- results -------------------------------------------------------------------------------------------
+
+    def _continued_rows(self, rows: dict[str, dict[str, Any]], refined: list[dict[str, Any]],
+                        errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A continued round's rows: every correct refinement, plus `replay` rows per refinement drawn (seeded)
+        from the items the student already answers, with their current rationale, so it does not forget them."""
+        fixed = [rows[r["id"]] for r in refined if r["correct"] and r["id"] in rows]
+        wrong = {e["id"] for e in errors}
+        solved = sorted((r for i, r in rows.items() if i not in wrong), key=lambda r: r["id"])
+        random.Random(self.p.train.seed * 7919 + self.state["round"]).shuffle(solved)
+        return fixed + solved[: round(self.p.replay * len(fixed))]
 
     def _round(self, t: int) -> dict[str, Any]:
         return next(r for r in self.state["rounds"] if r["round"] == t)
@@ -336,7 +395,8 @@ class _Undo:
             f"UNDO vs one-shot: {self.p.student} taught by {self.p.teacher}",
             {"UNDO, test": [(r["round"], r["test_accuracy"]) for r in rounds],
              "UNDO, val": [(r["round"], r["val_accuracy"]) for r in rounds]},
-            {"one-shot (round 0), test": one_shot["test_accuracy"], "before distillation, test": base["test"]["accuracy"]},
+            {k: v for k, v in {"one-shot (round 0), test": one_shot["test_accuracy"],
+                               "before distillation, test": base["test"]["accuracy"]}.items() if v is not None},
         )
         png_path = self.ctx.write_artefact("accuracy.png", png)
         name = f"{self.p.student}-undo-{self.ctx.job_id[:8].lower()}".replace("_", "-")
@@ -379,6 +439,15 @@ class _Undo:
                 self._teacher.close()
 
 
+def _asked(call: Any, step: str, k: int, n: int, saved: int) -> Any:
+    """A teacher call; an outage or a timeout names the step, the item and what the last checkpoint kept."""
+    try:
+        return call()
+    except (TransientJobError, TimeoutError) as exc:
+        raise TransientJobError(f"{step}: teacher failed at item {k + 1} of {n} ({saved} answers saved at the "
+                                f"last checkpoint; a retry resumes there): {exc}") from exc
+
+
 def _answers(items: list[Item], scores: Scores) -> list[dict[str, Any]]:
     return [{"id": i.id, "output": o, "parsed": final_answer(o, i.answer_type), "gold": i.answer, "correct": c}
             for i, o, c in zip(items, scores.outputs, scores.correct, strict=True)]
@@ -398,42 +467,6 @@ def _similar(item: Item, val_errors: list[tuple[Item, str]], k: int) -> list[tup
         return same, len(words & ow) / max(1, len(words | ow))
 
     return [(o.prompt, ans) for o, ans in sorted(val_errors, key=key, reverse=True)[:k]]
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    out = [
-        f"# UNDO distillation: {r['student']} taught by {r['teacher']}",
-        "",
-        f"Items: {r['items']['train']} train ({r['teacher_correct']} with a correct teacher rationale), "
-        f"{r['items']['val']} validation, {r['items']['test']} test (held out; never used for a decision).",
-        "",
-        "| | val | test | train rows | steps | loss | refined (kept) | teacher calls (total) | decision |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| before distillation | {_pct(r['before']['val_accuracy'])} | {_pct(r['before']['test_accuracy'])} "
-        "| | | | | | |",
-    ]
-    for x in r["rounds"]:
-        label = "round 0 (one-shot)" if x["round"] == 0 else f"UNDO round {x['round']}"
-        refined = "" if x.get("refined") is None else f"{x['refined']} ({x['refine_kept']})"
-        out.append(
-            f"| {label} | {_pct(x['val_accuracy'])} | {_pct(x['test_accuracy'])} | {x.get('train_rows') or ''} "
-            f"| {x.get('train_steps') or ''} | {x.get('loss_last') or ''} | {refined} | {x['teacher_calls_total']} "
-            f"| {x.get('decision', '')} |"
-        )
-    out += [
-        "",
-        f"Kept: round {r['best_round']} (test {_pct(r['best']['test_accuracy'])}; "
-        f"{100 * r['gain_over_one_shot_test']:+.1f} pt over one-shot). Stopped: {r['stop_reason']}.",
-        f"Teacher: {r['teacher_calls']} calls, ${r['teacher_cost_usd']:.6f}; rationale sources {r['teacher_sources']}.",
-        f"Student: `{r['student_model']}` (backend hf). Time: {r['seconds']:.0f} s.",
-        "",
-        "![accuracy by round](accuracy.png)",
-    ]
-    return "\n".join(out) + "\n"
 
 
 def run(params: UndoParams, ctx: JobContext) -> dict[str, Any]:

@@ -57,6 +57,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
 @dataclass
 class TrainRun:
     steps: int
@@ -217,10 +221,14 @@ class StudentModel:
         *,
         on_step: Callable[[int, int, float], None] | None = None,
         on_checkpoint: Callable[[int, int], None] | None = None,
+        init_adapter: Path | None = None,
     ) -> TrainRun:
         """LoRA on fresh base weights over `rows`; resumes from out_dir's last state when there is one.
+        `init_adapter`: start from that adapter's weights instead of a fresh LoRA (continued training: UNDO's
+        later rounds); its rank and target modules must match `config`.
         `on_step(step, total, loss)` after every optimiser step (report progress, notice cancellation);
-        `on_checkpoint(step, total)` after each saved state (the job checkpoints there)."""
+        `on_checkpoint(step, total)` after each saved state (the job checkpoints there). A loss that is not
+        finite stops the run with DivergedError (the last saved state stays for inspection)."""
         import torch
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
@@ -233,6 +241,8 @@ class StudentModel:
         lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                           target_modules=list(config.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)
+        if init_adapter is not None:
+            _load_adapter_weights(model, Path(init_adapter))
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -259,7 +269,7 @@ class StudentModel:
         losses: list[float] = []
         start = 0
         state = _read_state(out_dir)
-        fingerprint = _fingerprint(rows, config)
+        fingerprint = _fingerprint(rows, config, init_adapter)
         if state and state.get("fingerprint") == fingerprint and (out_dir / state["dir"]).is_dir():
             folder = out_dir / state["dir"]
             from safetensors.torch import load_file
@@ -281,6 +291,9 @@ class StudentModel:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            if not math.isfinite(float(loss.detach())):
+                raise DivergedError(f"fine-tuning diverged: loss {float(loss.detach())} at step {step + 1}/{total} "
+                                    f"({len(rows)} rows, lr {lr_at(step):.2g}); lower train.lr or check the rows")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -336,10 +349,26 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     return out[:steps]
 
 
-def _fingerprint(rows: list[tuple[str, str]], config: TrainConfig) -> str:
+def _fingerprint(rows: list[tuple[str, str]], config: TrainConfig, init_adapter: Path | None = None) -> str:
     from escalon.distill.jobs.base import digest  # here: the jobs package imports this module
 
-    return digest([rows, config.model_dump()])
+    if init_adapter is None:  # the digest of a run from fresh weights is what it always was
+        return digest([rows, config.model_dump()])
+    return digest([rows, config.model_dump(), str(init_adapter)])
+
+
+def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+    """Copy a saved adapter's LoRA weights into a freshly made peft model of the same shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors to continue training from")
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    unexpected = [k for k in getattr(result, "unexpected_keys", None) or [] if "lora" in k]
+    if unexpected:
+        raise ValueError(f"adapter {adapter_dir} does not fit this LoRA config (unexpected keys {unexpected[:3]})")
 
 
 def _read_state(out_dir: Path) -> dict[str, Any] | None:
