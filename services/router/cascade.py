@@ -332,12 +332,21 @@ class Cascade:
                                      f"no rung reached {plan.threshold:.2f}; {len(supporters)} rungs agreed on "
                                      f"'{winner}' (fused confidence {weight:.2f})", attempts)
         strongest = answered[-1]
-        if not any(not s.skipped for s in strongest.scores):
+        ran = [s for s in strongest.scores if not s.skipped]
+        if not ran:
             # No judge could weigh the strongest rung's answer (e.g. one sample, no other family agreeing or
             # disagreeing): absence of evidence is not evidence against the strongest model.
             return CascadeResult(strongest.answer, strongest.rung, strongest.confidence,
                                  f"no rung reached {plan.threshold:.2f}; no judge had evidence on {strongest.rung}, "
                                  "the strongest rung tried, so its answer stands", attempts)
+        if all(s.judge == "cross_model" for s in ran):
+            # Its only evidence is agreement with the rungs below it, and none agreed enough to fuse: it disagrees
+            # with answers the judges already turned down. That is no evidence against the strongest model either
+            # (the demo: GPT-4's right "8" scored 0 for disagreeing with Mixtral's wrong "1.97").
+            return CascadeResult(strongest.answer, strongest.rung, strongest.confidence,
+                                 f"no rung reached {plan.threshold:.2f}; {strongest.rung}, the strongest rung tried, "
+                                 "only disagreed with answers already below the threshold, so its answer stands",
+                                 attempts)
         return CascadeResult(best.answer, best.rung, best.confidence,
                              f"no rung reached {plan.threshold:.2f}; returning the most confident answer "
                              f"({best.rung}, {best.confidence:.2f})", attempts)

@@ -74,6 +74,16 @@ async def test_an_unavailable_rung_is_skipped_with_its_reason():
     assert result.rung == "big" and "no judge had evidence on big" in result.reason
 
 
+async def test_disagreeing_with_answers_already_turned_down_does_not_overrule_the_strongest_rung():
+    # The demo's shape: the cheap rungs fall short (small 2 of 3, mid alone), the strongest rung's one sample
+    # agrees with neither, so cross-model agreement scores it 0 — it used to lose to small's 0.36.
+    result, _ = await route({"small": ["5", "5", "8"], "mid": ["1.97"], "big": ["7"]})
+    small, mid, big = result.attempts
+    assert 0 < small.confidence < 0.7 and big.confidence == 0.0
+    assert [s.judge for s in big.scores if not s.skipped] == ["cross_model"]
+    assert result.rung == "big" and result.answer == "7" and "only disagreed" in result.reason
+
+
 async def test_the_budget_is_never_exceeded_and_impossible_budgets_are_refused():
     result, gen = await route({"small": ["5", "6", "8"], "mid": ["9"], "big": ["9"]}, max_cost=0.0002)
     assert result.total_cost_usd <= 0.0002
