@@ -49,6 +49,20 @@ class Figure:
     p99_ms: float
     throughput_rps: float
     ratio_to_floor: float = 0.0
+    failed: int = 0  # calls that did not answer (shed, unavailable, deadline): not in the latencies
+
+
+def _answered(call: Callable[[], Awaitable[object]], failures: list[str]) -> Callable[[], Awaitable[bool]]:
+    """`call`, returning whether it answered; a gRPC failure is noted by its status instead of raised."""
+    async def once() -> bool:
+        try:
+            await call()
+            return True
+        except grpc.aio.AioRpcError as exc:
+            failures.append(exc.code().name)
+            return False
+
+    return once
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -61,19 +75,27 @@ async def measure(name: str, call: Callable[[], Awaitable[object]], *, concurren
     for _ in range(warmup):
         await call()
     latencies: list[float] = []
+    failures: list[str] = []
+    answered = _answered(call, failures)
     per_client = max(1, requests // concurrency)
 
     async def client() -> None:
         for _ in range(per_client):
             started = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - started) * 1000)
+            if await answered():
+                latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    return _figure(name, concurrency, latencies, elapsed, failures)
+
+
+def _figure(name: str, concurrency: int, latencies: list[float], elapsed: float, failures: list[str]) -> Figure:
+    if not latencies:
+        return Figure(name, concurrency, 0, float("nan"), float("nan"), 0.0, failed=len(failures))
     return Figure(name, concurrency, len(latencies), statistics.median(latencies), _percentile(latencies, 0.99),
-                  len(latencies) / elapsed)
+                  len(latencies) / elapsed, failed=len(failures))
 
 
 def measure_sync(name: str, call: Callable[[], object], *, requests: int, warmup: int = 20) -> Figure:
@@ -265,11 +287,13 @@ async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *,
                             requests: int) -> Figure:
     """Requests arrive at a fixed rate whatever the latency (how traffic really arrives), not one per client."""
     latencies: list[float] = []
+    failures: list[str] = []
+    answered = _answered(call, failures)
 
     async def one() -> None:
         started = time.perf_counter()
-        await call()
-        latencies.append((time.perf_counter() - started) * 1000)
+        if await answered():
+            latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
     tasks = []
@@ -280,16 +304,16 @@ async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *,
         tasks.append(asyncio.create_task(one()))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    return Figure(name, 0, len(latencies), statistics.median(latencies), _percentile(latencies, 0.99),
-                  len(latencies) / elapsed)
+    return _figure(name, 0, latencies, elapsed, failures)
 
 
 def render(figures: list[Figure]) -> str:
-    lines = [f"{'what':<64}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"]
+    lines = [f"{'what':<64}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"
+             f"{'failed':>8}"]
     for f in figures:
         clients = str(f.concurrency) if f.concurrency else "open"
         lines.append(f"{f.name:<64}{clients:>8}{f.requests:>7}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
-                     f"{f.throughput_rps:>9.0f}{f.ratio_to_floor:>11.1f}")
+                     f"{f.throughput_rps:>9.0f}{f.ratio_to_floor:>11.1f}{f.failed:>8}")
     return "\n".join(lines)
 
 
