@@ -95,9 +95,14 @@ class ShapedPrompt:
     greedy_first: bool
     calculate: bool = False
 
-    def finish(self, text: str) -> str:
-        """A sample's text as the rung returns it: for a calculated kind, the model's last calculation worked out."""
-        return calculated(text) if self.calculate else text
+    def finish(self, text: str, finish_reason: str = "stop") -> tuple[str, str]:
+        """A sample's text and finish reason as the rung returns them. For a calculated kind: the calculation worked
+        out, and "stop" — the answer is complete even when the model ran on to its token limit after writing it —
+        unless the limit may have cut the calculation itself (it ends the text: the text is left as it is)."""
+        found = _work_out(text) if self.calculate else None
+        if found is None or (finish_reason == "length" and found[1]):
+            return text, finish_reason
+        return found[0], "stop"
 
 
 def answer_kind(prompt: str, answer_type: int = AnswerType.ANSWER_TYPE_UNSPECIFIED) -> str:
@@ -174,22 +179,29 @@ def calculated(text: str) -> str:
     calculation and Python's own parser evaluates it. Only numeric literals and the four operations are
     evaluated (an ast walk, never eval); "15% of 80" reads as (15 / 100) * 80, a percentage beside an operator as
     (15 / 100), `×` and `÷` as * and /."""
+    found = _work_out(text)
+    return found[0] if found else text
+
+
+def _work_out(text: str) -> tuple[str, bool] | None:
+    """`expression = value` for the text's calculation (calculated()), and whether it may be unfinished (it ends the
+    text with no "=" after it: a token limit may have cut it); None when the text holds no calculation."""
     plain = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text).replace("×", "*").replace("÷", "/")
     plain = re.sub(r"(\d+(?:\.\d+)?)\s*%\s*of\s+(?=[\d(.])", r"(\1 / 100) * ", plain)  # "15% of 80"
     plain = re.sub(r"(\d+(?:\.\d+)?)\s*%(?=\s*[-+*/])", r"(\1 / 100)", plain)  # "15% * 80"
     plain = re.sub(r"([-+*/]\s*)(\d+(?:\.\d+)?)\s*%", r"\1(\2 / 100)", plain)  # "80 * 15%"
     found = None
     for chain in _CHAIN.finditer(plain):
-        for expression in (part.strip() for part in chain.group(0).split("=")):
+        parts = [part.strip() for part in chain.group(0).split("=")]
+        for i, expression in enumerate(parts):
             if len(expression) > _MAX_EXPRESSION or not _HAS_OPERATOR.search(expression):
                 continue
             if (value := _evaluate(expression)) is not None:
-                found = (expression, value)
+                # an expression followed by "=" is closed; the chain's last one may be cut if the text ends there
+                open_end = i == len(parts) - 1 and chain.end() >= len(plain.rstrip())
+                found = (f"{expression} = {_decimal(value)}", open_end)
                 break  # the chain's first calculation
-    if found is None:
-        return text
-    expression, value = found
-    return f"{expression} = {_decimal(value)}"
+    return found
 
 
 def _evaluate(expression: str) -> Fraction | None:

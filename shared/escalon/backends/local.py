@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA3 = "gemma3-270m"
 PACKAGED = (SMOLLM2, GEMMA3)
+Finish = Callable[[str, str], tuple[str, str]]  # (text, finish reason) -> the answer's (escalon.answer_format)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class LocalBackend(Backend):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    def _prepare(self, params: GenerateParams) -> tuple[list[int], GenerateParams, int, Callable[[str], str] | None]:
+    def _prepare(self, params: GenerateParams) -> tuple[list[int], GenerateParams, int, Finish | None]:
         """The prompt's tokens, the params the decode loop runs (shaped for the answer type when one is given:
         escalon.answer_format), the tokens left for the answer, and what turns a sample's text into the answer
         (None: the text as decoded)."""
@@ -380,10 +381,11 @@ class LocalBackend(Backend):
         self.model = None
 
 
-def _finished(result: GenerateResult, finish: Callable[[str], str] | None) -> GenerateResult:
+def _finished(result: GenerateResult, finish: Finish | None) -> GenerateResult:
     """The samples' texts as answers (a calculation worked out); token counts and log-probs stay the model's."""
     if finish is not None:
-        result.samples = [dataclasses.replace(s, text=finish(s.text)) for s in result.samples]
+        result.samples = [dataclasses.replace(s, **dict(zip(("text", "finish_reason"), finish(s.text, s.finish_reason))))
+                          for s in result.samples]
     return result
 
 

@@ -83,8 +83,17 @@ def test_text_without_a_calculation_it_can_work_out_is_left_as_it_is(text):
 def test_only_a_calculated_kind_rewrites_its_samples():
     number = shape_prompt("What is 12 times 7?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=64)
     short = shape_prompt("Who wrote Hamlet?", AnswerType.ANSWER_TYPE_UNSPECIFIED, "chat", max_tokens=64)
-    assert number.calculate and number.finish("12 * 7 = 88") == "12 * 7 = 84"
-    assert not short.calculate and short.finish("1 + 1 = 3") == "1 + 1 = 3"
+    assert number.calculate and number.finish("12 * 7 = 88") == ("12 * 7 = 84", "stop")
+    assert not short.calculate and short.finish("1 + 1 = 3", "length") == ("1 + 1 = 3", "length")
+
+
+def test_a_calculation_written_before_the_token_limit_is_a_complete_answer_one_cut_by_it_is_not():
+    number = shape_prompt("What is 15% of 80?", AnswerType.ANSWER_TYPE_NUMBER, "chat", max_tokens=64)
+    ran_on = "15% of 80 is 0.15 * 80 = 1.15 * 80 = 92 because the percentage of a number is"
+    assert number.finish(ran_on, "length") == ("0.15 * 80 = 12", "stop")
+    assert number.finish("0.15 * 80 = 1.15 * 80 = 9.2", "length") == ("0.15 * 80 = 12", "stop")  # closed by "="
+    cut = "15% of 80 is 0.15 * 8"
+    assert number.finish(cut, "length") == (cut, "length")  # the limit may have cut the sum itself: no answer
 
 
 def test_the_router_resolves_a_query_s_type_once_never_to_unspecified():
