@@ -162,7 +162,8 @@ class _Undo:
         train = self.splits.train
         for start in range(len(done), len(train), self.p.teacher_chunk):
             for k, item in enumerate(train[start : start + self.p.teacher_chunk], start):
-                answer = _asked(lambda item=item: self.teacher.solve(item, "cot"), "teacher", k, len(train), len(done))
+                answer = _asked(lambda item=item: self.teacher.solve(item, "cot"), "teacher", k, len(train),
+                                 self.state["teacher_done"])
                 self.count(answer.source, answer.calls, answer.cost_usd)
                 done.append({"id": item.id, "text": answer.text, "correct": is_correct(answer.text, item),
                              "parsed": final_answer(answer.text, item.answer_type) is not None,
@@ -318,7 +319,7 @@ class _Undo:
                 similar = _similar(item, val_errors, self.p.similar_errors)
                 answer = _asked(lambda item=item, previous=previous, err=err, similar=similar: self.teacher.refine(
                     item, previous, err["student"], err["score"], similar), f"round {t + 1} refine", k, len(errors),
-                    len(refined))
+                    self.state["refine_done"])
                 self.count(answer.source, answer.calls, answer.cost_usd)
                 refined.append({"id": item.id, "text": answer.text, "source": answer.source,
                                 "correct": is_correct(answer.text, item), "cost_usd": answer.cost_usd})
