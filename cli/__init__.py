@@ -141,11 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     from escalon.cli import cluster as cluster_cli
 
     cluster_cli.add_parser(sub)
+    from escalon.cli import loop as loop_cli
+
+    loop_cli.add_parser(sub)
     return parser
 
 
 OFFLINE_COMMANDS = {"eval": "evaluate", "router": "router_artefact", "taxonomy": "taxonomy", "judge": "judge",
-                    "routes": "routes", "keys": "keys", "cluster": "cluster"}
+                    "routes": "routes", "keys": "keys", "cluster": "cluster",
+                    "loop": "loop"}
 
 
 def main(argv: list[str] | None = None) -> None:
