@@ -308,11 +308,11 @@ async def measure_open_loop(name: str, call: Callable[[], Awaitable[object]], *,
 
 
 def render(figures: list[Figure]) -> str:
-    lines = [f"{'what':<64}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"
+    lines = [f"{'what':<72}{'clients':>8}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50/floor':>11}"
              f"{'failed':>8}"]
     for f in figures:
         clients = str(f.concurrency) if f.concurrency else "open"
-        lines.append(f"{f.name:<64}{clients:>8}{f.requests:>7}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
+        lines.append(f"{f.name:<72}{clients:>8}{f.requests:>7}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}"
                      f"{f.throughput_rps:>9.0f}{f.ratio_to_floor:>11.1f}{f.failed:>8}")
     return "\n".join(lines)
 
