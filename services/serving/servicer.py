@@ -56,6 +56,10 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
         # Rungs promoted by distillation appear in an overlay file; each is loaded the first time it is seen.
         self.live = LiveCatalogue(catalogue, settings.promoted_overlay if settings.serve_promoted else None)
         self._adding = asyncio.Lock()
+        # A promoted rung that could not load is tried again after this long (in a cluster its Serve application
+        # may still be deploying when the ConfigMap's new overlay arrives), not only when the overlay changes.
+        self.promoted_retry_s = 10.0
+        self._retry_at: float | None = None
         self.tokens = TokenCounters(settings.models_dir)  # context checks with each rung's tokenizer where known
 
     # ---- the Service protocol of escalon.grpc ----------------------------------------------------------
@@ -74,22 +78,25 @@ class ServingService(serving_pb2_grpc.ModelServingServiceServicer):
     async def _refresh(self) -> None:
         """Serve the rungs promoted since the last look (one stat() when nothing changed)."""
         catalogue = self.live.current()
-        if catalogue is self.catalogue:
+        if catalogue is self.catalogue and (self._retry_at is None or time.monotonic() < self._retry_at):
             return
         async with self._adding:
             catalogue = self.live.current()
+            failed = False
             for rung in catalogue.rungs:
                 if rung.name not in self._served and rung in self.live.promoted:
                     try:
                         await self.tiers.add(rung)
                     except Exception:  # noqa: BLE001 - one bad promotion must not take the other rungs down
-                        log.exception("could not load promoted rung %s; it stays unserved until the overlay changes",
-                                      rung.name)
+                        log.exception("could not load promoted rung %s; trying again in %.0f s", rung.name,
+                                      self.promoted_retry_s)
+                        failed = True
                         continue
                     log.info("serving promoted rung %s (%s %s)", rung.name, rung.backend, rung.model)
                     self.rungs.append(rung)
                     self._served.add(rung.name)
             self.catalogue = catalogue
+            self._retry_at = time.monotonic() + self.promoted_retry_s if failed else None
 
     async def Generate(self, request: serving_pb2.GenerateRequest, context) -> serving_pb2.GenerateResponse:
         await self._refresh()

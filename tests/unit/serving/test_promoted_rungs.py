@@ -47,6 +47,29 @@ async def test_a_promoted_rung_is_served_on_first_sight_and_a_broken_one_harms_n
         await service.close()
 
 
+async def test_a_promoted_rung_that_could_not_load_is_tried_again_later(tmp_path, prompt) -> None:
+    """In a cluster the overlay may arrive before the rung's Serve application (or its weights) is ready."""
+    import shutil
+
+    settings = load_settings(ServingSettings, runtime="inprocess", data_dir=tmp_path)
+    service = ServingService(settings, Catalogue(rungs=(replay_rung(),)))
+    await service.start()
+    try:
+        late = tmp_path / "late.parquet"
+        register_promoted(promoted_path(tmp_path), replay_rung(name="student", benchmark=late))
+        service.live.check_interval_s = 0
+        with pytest.raises(InvalidInput):  # not loadable yet: not served
+            await service.Generate(serving_pb2.GenerateRequest(rung="student", prompt=prompt), None)
+        shutil.copy(DEMO_BENCHMARK, late)  # now it is; the overlay did not change
+        with pytest.raises(InvalidInput):  # before the retry time: not tried again on every call
+            await service.Generate(serving_pb2.GenerateRequest(rung="student", prompt=prompt), None)
+        service._retry_at = 0.0  # the retry time has come
+        reply = await service.Generate(serving_pb2.GenerateRequest(rung="student", prompt=prompt), None)
+        assert reply.rung == "student" and reply.samples[0].text and service._retry_at is None
+    finally:
+        await service.close()
+
+
 async def test_the_ray_runtime_deploys_a_promoted_rung_as_one_more_application(tmp_path, monkeypatch) -> None:
     deployed, handles = [], {}
 
