@@ -33,6 +33,8 @@ EPILOG = """examples:
   escalon taxonomy label --in logs.jsonl --out labelled.jsonl --benchmark data/llmrouter-dcrouter
   escalon routes list --since 1h                  the route log (ESCALON_DATABASE_URL)
   escalon routes export --since 7d --out traffic.parquet     real traffic in the benchmark format
+  escalon loop                                    traffic → harvest → distil → promote → fresh traffic, measured
+  escalon cluster promote --promotion jobs/<id> --dry-run      a promotion applied in Kubernetes (the diff)
   escalon keys create --tenant acme --budget-day 5 --rate-limit 10/second
 """
 
@@ -121,29 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--limit", type=int, default=20)
     for p in (jobs, submit, lst, *[jobs_sub.choices[n] for n in ("status", "watch", "cancel")]):
         p.add_argument("--address", help="distill host:port [default: 127.0.0.1:$ESCALON_DISTILL_PORT or 50054]")
-    from escalon.cli import judge as judge_cli
+    import importlib
 
-    judge_cli.add_parser(sub)
-    from escalon.cli import evaluate as eval_cli
-
-    eval_cli.add_parser(sub)
-    from escalon.cli import taxonomy as taxonomy_cli
-
-    taxonomy_cli.add_parser(sub)
-    from escalon.cli import router_artefact as router_cli
-
-    router_cli.add_parser(sub)
-    from escalon.cli import keys as keys_cli
-    from escalon.cli import routes as routes_cli
-
-    routes_cli.add_parser(sub)
-    keys_cli.add_parser(sub)
-    from escalon.cli import cluster as cluster_cli
-
-    cluster_cli.add_parser(sub)
-    from escalon.cli import loop as loop_cli
-
-    loop_cli.add_parser(sub)
+    # The in-process commands, each a module with add_parser(sub) and run(args) (OFFLINE_COMMANDS below).
+    for module in ("judge", "evaluate", "taxonomy", "router_artefact", "routes", "keys", "cluster", "loop"):
+        importlib.import_module(f"escalon.cli.{module}").add_parser(sub)
     return parser
 
 

@@ -272,6 +272,22 @@ def _counts(values) -> dict[str, int]:  # noqa: ANN001
     return out
 
 
+def _harvest(cfg: LoopConfig, since: dt.datetime, until: dt.datetime, task: str) -> dict[str, Any]:
+    """The `harvest` job over the traffic window. A small harvest can leave a split empty by chance (splits are a
+    hash of the prompt); distillation needs train and val items and promotion held-out ones, so the split seed is
+    moved (0, 1, ...) until every split has one, and the seed used is reported."""
+    last: dict[str, Any] = {}
+    for seed in range(20):
+        last = _job("harvest", {"source": "route_log", "since": since.isoformat(), "until": until.isoformat(),
+                                "min_confidence": cfg.harvest_min_confidence, "seed": seed,
+                                "val_fraction": 0.2, "test_fraction": 0.25,
+                                **({"task": task} if cfg.artefact else {})}, cfg, f"loop-harvest-{seed}")
+        if all((last.get("splits") or {}).get(s) for s in ("train", "val", "test")):
+            return {**last, "split_seed": seed}
+    raise ConfigError(f"the traffic gave {last.get('items')} harvestable items, too few for train, val and test "
+                      f"splits ({last.get('splits')}): send more traffic (a larger benchmark or --fresh-share lower)")
+
+
 def _distil_params(cfg: LoopConfig, dataset: str, catalogue: Path) -> dict[str, Any]:
     params: dict[str, Any] = {
         "teacher": cfg.teacher, "student": cfg.student, "data": dataset, "catalogue": str(catalogue),
@@ -339,24 +355,18 @@ async def _run_loop(cfg: LoopConfig, say: Callable[[str], None]) -> dict[str, An
         say(f"2 baseline: {len(fresh_items)} fresh routes in {baseline.seconds} s")
         steps: dict[str, Any] = {}
         t = time.monotonic()
-        harvest = await asyncio.to_thread(_job, "harvest", {
-            "source": "route_log", "since": since.isoformat(), "until": until.isoformat(),
-            "min_confidence": cfg.harvest_min_confidence,
-            **({"task": task} if cfg.artefact else {})}, cfg, "loop-harvest")
+        harvest = await asyncio.to_thread(_harvest, cfg, since, until, task)
         steps["harvest"] = {"items": harvest["items"], "splits": harvest.get("splits"),
-                            "seconds": round(time.monotonic() - t, 1)}
-        dataset = harvest["artefacts"]["dataset"]
+                            "split_seed": harvest["split_seed"], "seconds": round(time.monotonic() - t, 1)}
         say(f"3 harvest: {json.dumps(steps['harvest'])}")
+        dataset = harvest["artefacts"]["dataset"]
         t = time.monotonic()
         distil = await asyncio.to_thread(_job, cfg.method, _distil_params(cfg, dataset, catalogue), cfg, "loop-distil")
         steps["distil"] = {"method": cfg.method, "seconds": round(time.monotonic() - t, 1),
                            **{k: distil.get(k) for k in ("rounds", "best_round", "test", "final") if k in distil}}
         say(f"4 distil ({cfg.method}): {steps['distil']['seconds']} s")
         t = time.monotonic()
-        splits = harvest.get("splits") or {}
-        split = next((s for s in ("test", "val") if splits.get(s)), "train")  # held out where the harvest has any
         promote_params = {"student": "job:loop-distil", "target": cfg.target, "data": dataset, "margin": cfg.margin,
-                          "split": split,
                           "name": name, "max_new_tokens": cfg.max_tokens, "catalogue": str(catalogue),
                           "torch_threads": cfg.torch_threads, "base_rung": cfg.student,
                           **({"models_dir": str(cfg.model_cache)} if cfg.model_cache else {}),
