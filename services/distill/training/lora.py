@@ -291,9 +291,7 @@ class StudentModel:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-            if not math.isfinite(float(loss.detach())):
-                raise DivergedError(f"fine-tuning diverged: loss {float(loss.detach())} at step {step + 1}/{total} "
-                                    f"({len(rows)} rows, lr {lr_at(step):.2g}); lower train.lr or check the rows")
+            _check_finite(float(loss.detach()), step + 1, total, len(rows), lr_at(step))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -335,6 +333,12 @@ class StudentModel:
                 (tmp / "escalon-student.json").write_text(json.dumps(metadata, indent=1))
 
         return _save_dir_atomically(folder, write)
+
+
+def _check_finite(loss: float, step: int, total: int, rows: int, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise DivergedError(f"fine-tuning diverged: loss {loss} at step {step}/{total} ({rows} rows, lr {lr:.2g}); "
+                            "lower train.lr or check the rows")
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
