@@ -76,6 +76,7 @@ class LoopConfig:
     artefact: Path | None = None
     limit: int | None = None  # at most this many benchmark prompts in all
     harvest_min_confidence: float = 0.8  # the costlier rung's confidence for a harvested label
+    eval_limit: int | None = None  # at most this many val/test items scored by the distil and promote jobs
 
 
 @dataclass
@@ -297,6 +298,8 @@ def _distil_params(cfg: LoopConfig, dataset: str, catalogue: Path) -> dict[str, 
     }
     if cfg.method == "undo":
         params["rounds"] = cfg.rounds
+    if cfg.eval_limit:
+        params.update(limit_val=cfg.eval_limit, limit_test=cfg.eval_limit)
     if cfg.model_cache:
         params["models_dir"] = str(cfg.model_cache)
     return params
@@ -370,6 +373,7 @@ async def _run_loop(cfg: LoopConfig, say: Callable[[str], None]) -> dict[str, An
                           "name": name, "max_new_tokens": cfg.max_tokens, "catalogue": str(catalogue),
                           "torch_threads": cfg.torch_threads, "base_rung": cfg.student,
                           **({"models_dir": str(cfg.model_cache)} if cfg.model_cache else {}),
+                          **({"limit": cfg.eval_limit} if cfg.eval_limit else {}),
                           **({"router_artefact": str(cfg.artefact), "router_task": task} if cfg.artefact else {})}
         promotion = await asyncio.to_thread(_job, "promote", promote_params, cfg, "loop-promote")
         steps["promote"] = {k: promotion.get(k) for k in ("decision", "reason", "student", "target_scores", "items",
