@@ -54,7 +54,7 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, fo
                f"{bench.path}: post-hoc estimates need every rung's training answers (drop those models or add "
                "their rows)")
         return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {why}", applicable=False) for n in names]
-    answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models))
+    answers = _recorded(ctx, progress)
     scale = model.cost_scale
 
     def route_curve(pick):
@@ -88,6 +88,14 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, fo
     return fitted, [PolicyResult(n, curves[n], list(LAMBDAS), "lambda", notes[n]) for n in names]
 
 
+def _recorded(ctx: Context, progress: Progress) -> crf.Answers:
+    """The recorded answers' keys (code run against the prompts' tests), computed once per evaluation."""
+    if ctx.answers is None:
+        bench = ctx.bench
+        ctx.answers = crf.recorded_answers(bench.texts, bench.responses, len(bench.models), progress.step)
+    return ctx.answers
+
+
 def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progress
                            ) -> tuple[PolicyResult, list[dict]]:
     """cascade-routing driven by a per-request budget (max_cost_usd) at the default operating point's λ: the
@@ -99,8 +107,7 @@ def cascade_routing_budget(ctx: Context, estimator, lam: float, progress: Progre
     cut = ctx.costs > bound
     scores = np.where(cut, 0.0, ctx.scores)
     paid_cost = np.minimum(ctx.costs, bound)
-    texts = bench.texts
-    answers = crf.recorded_answers([texts[r] for r in ctx.test], bench.responses[ctx.test], len(bench.models))
+    answers = _recorded(ctx, progress).rows(ctx.test)
     answers = crf.Answers(np.where(cut, -1, answers.codes), answers.lengths,
                           None if answers.checks is None else np.where(cut, np.nan, answers.checks))
     singles = ctx.costs.mean(axis=0)

@@ -14,6 +14,7 @@ rung's recorded cost and reading its recorded answer — the same decisions the 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ from escalon.router.cascade_routing import (DEPTH, INTERACTION, RUN_FEATURES, TO
 STATES_PER_PROMPT = 8
 UNRUN_PER_STATE = 6
 MAX_FIT_PROMPTS = 6000
+EXECUTION_WORKERS = 4  # prompts whose code answers run at once (each runs its answers in parallel)
 SIGMA_SHRINK = 30  # rows of a rung at one depth that weigh as much as the depth's pooled σ
 
 
@@ -67,7 +69,8 @@ def recorded_answers(prompts: list[str], responses: np.ndarray | None, n_models:
     testable = sum(has_checks(p) for p in prompts)
     if testable:
         progress(f"cascade routing: running the code answers of {testable} prompts that state tests")
-    evidence = [answer_evidence(p, row) for p, row in zip(prompts, texts)]
+    with ThreadPoolExecutor(EXECUTION_WORKERS) as pool:  # the programs run in child processes; threads wait
+        evidence = list(pool.map(answer_evidence, prompts, texts))
     lengths = np.array([[len(t) if t else 0 for t in row] for row in texts], dtype=float)
     checks = np.array([c for _, c in evidence], float) if testable else None
     return Answers(encode_keys([k for k, _ in evidence]), lengths, checks)

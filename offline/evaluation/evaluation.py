@@ -77,6 +77,7 @@ class Context:
     pred: Prediction  # on test rows
     families: list[str]
     notes: list[str] = field(default_factory=list)
+    answers: object | None = None  # the recorded answers' keys and checks, read once (cascade routing)
 
     @property
     def scores(self) -> np.ndarray:

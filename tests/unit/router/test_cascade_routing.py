@@ -178,6 +178,17 @@ def test_code_answers_are_keyed_by_what_they_do():
     assert plain_keys == ["3", "3"] and all(np.isnan(plain_checks))
 
 
+def test_recorded_code_answers_are_executed_once_per_prompt_that_states_tests():
+    prompts = ["Write inc(x).\nassert inc(1) == 2", "What is 2 + 2?"]
+    responses = np.array([["def inc(x):\n    return x + 1", "def inc(x):\n    return x"],
+                          ["4", "The answer is 4"]], dtype=object)
+    answers = crf.recorded_answers(prompts, responses, 2)
+    assert answers.checks[0].tolist() == [1.0, 0.0] and np.isnan(answers.checks[1]).all()
+    assert answers.codes[0, 0] != answers.codes[0, 1] and answers.codes[1, 0] == answers.codes[1, 1]
+    state = answers.state(np.array([[True, False]]), np.array([0]))
+    assert state.checks[0].tolist()[0] == 1.0 and np.isnan(state.checks[0, 1])  # unrun: nothing checked
+
+
 def test_the_routers_cascade_executes_a_code_answer_before_it_plans_on():
     from escalon.judging import Candidate
     from escalon.router.cascade import _evidence
