@@ -13,7 +13,9 @@ import time
 import pytest
 import torch
 
+from escalon.answer_format import shape_prompt
 from escalon.errors import ConfigError, InvalidInput
+from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.backends import GenerateParams, GenerateResult
 from escalon.backends.local import LocalBackend, resolve_source
 from servingkit import smollm_rung
@@ -73,6 +75,19 @@ async def test_stop_strings_cut_the_text_and_its_tokens(smollm):
     assert cut.text == free.text[: free.text.index(stop)] and stop not in cut.text
     assert cut.finish_reason == "stop" and free.finish_reason == "length"
     assert 0 < cut.output_tokens < free.output_tokens and len(cut.logprobs) == cut.output_tokens
+
+
+async def test_an_answer_type_shapes_the_prompt_caps_the_tokens_and_keeps_the_first_sample_greedy(smollm):
+    number = AnswerType.ANSWER_TYPE_NUMBER
+    shaped = shape_prompt(PROMPT, number, "chat", max_tokens=128)
+    greedy = await smollm.generate(GenerateParams(prompt=PROMPT, max_tokens=128, answer_type=number))
+    sampled = await smollm.generate(GenerateParams(prompt=PROMPT, max_tokens=128, n=3, temperature=1.0, seed=5,
+                                                   answer_type=number))
+    assert greedy.input_tokens == len(smollm.encode(shaped.prompt))  # the instruction is inside the chat template
+    assert sampled.samples[0].text == greedy.samples[0].text  # sample 0 is the model's best guess, the rest sampled
+    assert all(s.output_tokens <= shaped.max_tokens for s in sampled.samples)
+    raw = await smollm.generate(GenerateParams(prompt=PROMPT, max_tokens=2))
+    assert raw.input_tokens == len(smollm.encode(PROMPT))  # without an answer type: the prompt as sent
 
 
 async def test_streamed_pieces_add_up_to_the_final_answer(smollm):

@@ -52,6 +52,7 @@ def request(**fields) -> serving_pb2.GenerateRequest:
     ({"max_tokens": 40000}, "max_tokens", "context limit of 32768"),
     ({"top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
     ({"stop": ["ok", ""]}, "stop", "non-empty"),
+    ({"answer_type": 42}, "answer_type", "unknown answer type 42; known: ANSWER_TYPE_UNSPECIFIED"),
     ({"rung": ""}, "rung", "required; served rungs: mixtral-8x7b"),
     ({"rung": "gpt-9"}, "rung", "unknown rung 'gpt-9'; known rungs: mixtral-8x7b, smollm2-135m"),
     ({"rung": "smollm2-135m"}, "rung", "in the catalogue but not served here; served rungs: mixtral-8x7b"),
