@@ -150,6 +150,9 @@ def _common(args: argparse.Namespace, data: str) -> dict[str, Any]:
 def harvest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from escalon.distill.jobs import LocalContext, validate
 
+    done = work / "results" / "harvest.json"
+    if done.is_file():  # a resumed or second run uses the same items
+        return json.loads(done.read_text())
     total = args.train + args.val + args.test
     n = int(total * 1.3) + 16  # the hashed split is not exact: harvest more, then cap each split
     kind, params = validate("harvest", {"source": "synthetic:arith", "n": n, "seed": args.seed,
@@ -159,6 +162,7 @@ def harvest(args: argparse.Namespace, work: Path) -> dict[str, Any]:
              if report["splits"].get(s, 0) < want]
     if short:
         raise ValueError(f"the harvest has too few {short} items ({report['splits']}); ask for fewer")
+    done.write_text(json.dumps(report, default=str))
     return report
 
 
@@ -171,20 +175,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = harvest(args, work)["artefacts"]["dataset"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - {"undo", "matched", "siked"}
-    if unknown or "undo" not in methods:
-        raise ValueError(f"--methods: give undo and any of matched, siked (got {args.methods!r})")
-    jobs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    if unknown or not methods:
+        raise ValueError(f"--methods: any of undo, matched, siked (got {args.methods!r})")
+    jobs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("undo", *methods)}
 
     def spec(name: str, kind: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "kind": kind, "params": params, "work": str(work),
                 "result": str(work / "results" / f"{name}.json")}
 
     # Method by method, seed by seed: an interrupted run has whole methods first (UNDO and one-shot).
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if "undo" in methods or "matched" in methods else 0):
         undo = run_job(spec(f"undo-s{seed}", "undo", {
             **_common(args, data), "rounds": args.rounds, "min_gain": args.min_gain, "replay": args.replay,
             "continue_training": not args.retrain, "round_lr": args.round_lr, "round_epochs": args.round_epochs,
-            "score_baseline": seed == 0, "train": _train(args, seed)}), args.report_only)
+            "score_baseline": seed == 0, "train": _train(args, seed)}), args.report_only or "undo" not in methods)
         if undo:
             jobs["undo"].append(undo)
     for seed in range(args.seeds):
@@ -203,8 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "train": _train(args, seed, epochs=50, max_steps=steps)}), args.report_only)
             if matched:
                 jobs["matched"].append(matched)
-    if not jobs["undo"]:
-        raise ValueError(f"no UNDO results under {work}/results yet")
+    if not jobs.get("undo"):
+        raise ValueError(f"no UNDO results under {work}/results yet: the report needs them (run --methods undo)")
     from escalon.offline.bench.distill_report import summarise
 
     figures = summarise(jobs, args, seconds=time.perf_counter() - started)
