@@ -96,21 +96,27 @@ def grpc_call(stub: router_pb2_grpc.RouterServiceStub, timeout_s: float = DEADLI
     return call
 
 
-def http_call(client, timeout_s: float = DEADLINE_S) -> Call:  # noqa: ANN001 - an httpx.AsyncClient
+def http_call(session, base_url: str, timeout_s: float = DEADLINE_S) -> Call:  # noqa: ANN001 - aiohttp session
+    """An OpenAI chat completion through the gateway. aiohttp, not httpx: httpx's connection pool spends time
+    quadratic in the requests waiting for a connection, and at 100 req/s the load generator became the bottleneck."""
+    import aiohttp
+
     body = {"model": "escalon/auto", "messages": [{"role": "user", "content": DEMO_PROMPT}]}
+    url, timeout = f"{base_url}/v1/chat/completions", aiohttp.ClientTimeout(total=timeout_s)
 
     async def call() -> str:
         try:
-            response = await client.post("/v1/chat/completions", json=body, timeout=timeout_s)
+            async with session.post(url, json=body, timeout=timeout) as response:
+                status, text = response.status, await response.text()
         except Exception as exc:  # noqa: BLE001 - a transport failure is an outcome here
             EXAMPLES.setdefault(type(exc).__name__, str(exc)[:200])
             return type(exc).__name__
-        if response.status_code == 200:
+        if status == 200:
             return OK
-        if response.status_code == 503 and '"overloaded"' in response.text:
+        if status == 503 and '"overloaded"' in text:
             return SHED
-        EXAMPLES.setdefault(f"HTTP {response.status_code}", response.text[:200])
-        return f"HTTP {response.status_code}"
+        EXAMPLES.setdefault(f"HTTP {status}", text[:200])
+        return f"HTTP {status}"
 
     return call
 
@@ -191,19 +197,19 @@ def _rss(stack: Stack) -> dict[str, float]:
 
 async def run_load(rate_rps: float, seconds: float, through: tuple[str, ...], ramp_rates: tuple[float, ...],
                    step_s: float, probes: int, echo=print) -> list[Run]:
-    import httpx
+    import aiohttp
 
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as scratch:
         stack = replay_stack(Path(scratch), "ray", with_gateway="gateway" in through)
         try:
             await start_stack(stack, timeout_s=300, echo=lambda *_: None, collect_traces=False)
+            gateway = stack.gateway_url or "http://127.0.0.1:1"
             async with grpc.aio.insecure_channel(stack.router_address) as channel, \
-                    httpx.AsyncClient(base_url=stack.gateway_url or "http://127.0.0.1:1",
-                                      limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000)) as http:
-                calls = {"grpc": grpc_call(router_pb2_grpc.RouterServiceStub(channel)), "gateway": http_call(http)}
-                probe_calls = {"grpc": grpc_call(router_pb2_grpc.RouterServiceStub(channel), 5.0),
-                               "gateway": http_call(http, 5.0)}
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000)) as http:
+                stub = router_pb2_grpc.RouterServiceStub(channel)
+                calls = {"grpc": grpc_call(stub), "gateway": http_call(http, gateway)}
+                probe_calls = {"grpc": grpc_call(stub, 5.0), "gateway": http_call(http, gateway, 5.0)}
                 for kind in through:
                     for _ in range(20):  # warm: connections, caches
                         await calls[kind]()
