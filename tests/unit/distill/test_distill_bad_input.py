@@ -1,11 +1,11 @@
 """Bad input to the distillation jobs: a teacher that times out or writes rationales without an answer, a
 student whose loss turns NaN. Each fails with a message naming the step and the item counts, keeps what
-was checkpointed, and leaves no merged student for the promote job to pick up. Also: UNDO's continued
-rounds train on the refinements plus a replay, starting from the kept round's adapter weights.
+was checkpointed, and leaves no merged student for the promote job to pick up.
 
 The teachers here are stand-ins (a timeout or a nonsense answer cannot be had from program:arith on
 demand); the NaN is injected into the real loss computation of a real LoRA run (a real divergence is not
-reproducible in two steps). Everything else is the real job code on SmolLM2-135M.
+reproducible in two steps). Everything else is the real job code on SmolLM2-135M. That a continued round
+starts from the kept adapter is checked here on the weights themselves (lora.py's loader).
 """
 
 from __future__ import annotations
@@ -104,29 +104,21 @@ def test_a_nan_loss_fails_the_round_keeps_round_0_and_nothing_can_be_promoted(
         validate("promote", promote, tmp_path)
 
 
-def test_continued_rounds_train_on_refinements_plus_replay_from_the_kept_adapter(
-        tmp_path: Path, arith_data: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from escalon.distill.training import lora
+def test_continued_training_starts_from_the_saved_adapter_weights(tmp_path: Path, model_cache: Path) -> None:
+    from peft import LoraConfig, get_peft_model
 
-    starts: list[Path | None] = []
-    real = lora._load_adapter_weights
+    from escalon.distill.training.lora import StudentModel, TrainConfig, _load_adapter_weights
+    from escalon.registry import load_catalogue
 
-    def spy(model, adapter_dir):
-        starts.append(adapter_dir)
-        before = {k: v.clone() for k, v in model.named_parameters() if "lora_B" in k}
-        real(model, adapter_dir)
-        after = {k: v for k, v in model.named_parameters() if "lora_B" in k}
-        assert any(not torch.equal(before[k], after[k]) for k in before)  # fresh lora_B is zero: weights arrived
-
-    monkeypatch.setattr(lora, "_load_adapter_weights", spy)
-    kind, params = _undo(tmp_path, arith_data, model_cache, replay=1.0)
-    result = kind.run(params, LocalContext(artefact_dir=tmp_path / "job"))
-    job = tmp_path / "job"
-    assert starts == [job / "rounds" / "0" / "adapter"]
-    r1 = {r["round"]: r for r in result["rounds"]}[1]
-    rows = read_jsonl(job / "rounds" / "1" / "train.jsonl")
-    solved = 4 - r1["errors_refined_from"]
-    assert len(rows) == r1["refine_kept"] + min(r1["refine_kept"], solved) == r1["train_rows"]
-    errors = {e["id"] for e in read_jsonl(job / "rounds" / "0" / "errors.jsonl")}
-    assert sum(r["id"] in errors for r in rows) == r1["refine_kept"]
-    assert all(len(r["history"]) == 2 for r in rows if r["id"] in errors)  # the refined rationale is the target
+    student = StudentModel(load_catalogue().get("smollm2-135m"), models_dir=model_cache, threads=1)
+    config = TrainConfig(**TINY_TRAIN)
+    run = student.finetune([("What is 2 + 3?", "2 + 3 = 5. #### 5")] * 2, tmp_path / "r0", config)
+    trained = {k: v.detach().clone() for k, v in student.model.named_parameters() if "lora_B" in k}
+    fresh = get_peft_model(student._load_base(), LoraConfig(r=config.r, lora_alpha=config.alpha,
+                                                            target_modules=config.target_modules))
+    assert all(not v.any() for k, v in fresh.named_parameters() if "lora_B" in k)  # a new adapter starts at zero
+    _load_adapter_weights(fresh, run.adapter_dir)
+    loaded = dict(fresh.named_parameters())
+    assert trained and all(torch.equal(loaded[k], v) for k, v in trained.items())
+    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors"):
+        _load_adapter_weights(fresh, tmp_path)

@@ -57,7 +57,13 @@ def test_undo_runs_rounds_keeps_every_rounds_data_and_resumes_from_a_checkpoint(
 
     job = tmp_path / "job"
     r0, r1 = read_jsonl(job / "rounds" / "0" / "data.jsonl"), read_jsonl(job / "rounds" / "1" / "data.jsonl")
-    assert len(r0) == len(r1) == 4  # refined rationales replace the earlier ones: same size every round
+    assert len(r0) == len(r1) == 4  # every item's current rationale, refined ones in place
+    # Round 1 continued from round 0's adapter on the refinements plus one replayed solved row per refinement.
+    trained = read_jsonl(job / "rounds" / "1" / "train.jsonl")
+    errors = {e["id"] for e in read_jsonl(job / "rounds" / "0" / "errors.jsonl")}
+    solved = 4 - len(errors)
+    assert len(trained) == rounds[1]["refine_kept"] + min(rounds[1]["refine_kept"], solved) == rounds[1]["train_rows"]
+    assert sum(r["id"] in errors for r in trained) == rounds[1]["refine_kept"]
     changed = [b for a, b in zip(r0, r1, strict=True) if a["target"] != b["target"]]
     assert len(changed) == rounds[1]["refine_kept"] and all(len(b["history"]) == 2 for b in changed)
     for t in (0, 1):
