@@ -42,6 +42,8 @@ def add_arguments(parser: Any, *, with_out: bool = True) -> None:
     parser.add_argument("--val", type=int, default=64, help="validation items (decisions only) [64]")
     parser.add_argument("--test", type=int, default=320, help="held-out test items [320]")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per method [3]")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed [0; another process can take later seeds on the same work dir]")
     parser.add_argument("--rounds", type=int, default=2, help="UNDO rounds after the one-shot round [2]")
     parser.add_argument("--epochs", type=float, default=2, help="epochs of round 0 (one-shot) [2]")
     parser.add_argument("--round-epochs", type=float, default=2, help="epochs of each continued UNDO round [2]")
@@ -184,21 +186,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "result": str(work / "results" / f"{name}.json")}
 
     # Method by method, seed by seed: an interrupted run has whole methods first (UNDO and one-shot).
-    for seed in range(args.seeds if "undo" in methods or "matched" in methods else 0):
+    for seed in range(args.first_seed, args.seeds) if "undo" in methods or "matched" in methods else ():
         undo = run_job(spec(f"undo-s{seed}", "undo", {
             **_common(args, data), "rounds": args.rounds, "min_gain": args.min_gain, "replay": args.replay,
             "continue_training": not args.retrain, "round_lr": args.round_lr, "round_epochs": args.round_epochs,
             "score_baseline": seed == 0, "train": _train(args, seed)}), args.report_only or "undo" not in methods)
         if undo:
             jobs["undo"].append(undo)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         if "siked" in methods:
             siked = run_job(spec(f"siked-s{seed}", "siked", {
                 **_common(args, data), "iterations": args.siked_iterations, "samples": args.siked_samples, "score_baseline": False,
                 "train": _train(args, seed, epochs=args.siked_epochs)}), args.report_only)
             if siked:
                 jobs["siked"].append(siked)
-    for seed, undo in enumerate(jobs["undo"]):
+    for undo in jobs["undo"]:
+        seed = int(undo["name"].rsplit("-s", 1)[1])
         if "matched" in methods:
             best = undo["report"]["best_round"]
             steps = sum(r["train_steps"] for r in undo["report"]["rounds"] if r["round"] <= best)
