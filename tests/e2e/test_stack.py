@@ -22,6 +22,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from escalon.answers import parse_number
 from escalon.offline.stack import DEMO_PROMPT
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
@@ -126,6 +127,8 @@ async def test_the_demo_question_climbs_the_cascade_and_accounts_for_every_rung(
     assert len(tried) >= 3, f"the local models were trusted on a question they cannot do: {response}"
     assert response.total_cost_usd == pytest.approx(sum(a.cost_usd for a in response.attempts))
     assert response.rung in tried and response.reason
+    # GSM8K's answer is 8 (3.5 + 4.5 boxes hold 64 bars): GPT-4's recorded answer, Mixtral's (1.97) is wrong
+    assert parse_number(response.answer) == "8", f"the demo ended wrong: {response.rung}: {response.answer!r}"
 
 
 async def test_bad_input_is_rejected_with_the_field_named(stack):
