@@ -33,6 +33,7 @@ from opentelemetry import propagate, trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from escalon.gateway import ops
+from escalon.gateway.admission import AdmissionMiddleware
 from escalon.gateway.bodyguard import BodyGuardMiddleware
 from escalon.gateway.chat import (
     AUTO,
@@ -129,6 +130,7 @@ def create_app(settings: GatewaySettings, telemetry: Telemetry | None = None) ->
                            expose_headers=["x-escalon-rung", "x-escalon-cost-usd", "x-escalon-confidence",
                                            "x-escalon-trace-id", "x-request-id", "retry-after"])
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)  # key, size: before the body
+    app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight)  # overload: shed, never queue
     app.add_middleware(TracingMiddleware)
     app.add_middleware(MetricsMiddleware)  # outermost: its duration includes the tracing and the error handlers
     _install_error_handlers(app)

@@ -105,6 +105,11 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str = "router") -> APIError:
     return APIError(500, f"{what} error {code.name}: {details}", type="server_error", code=code.name.lower())
 
 
+def overloaded_response(message: str, wait_ms: int | None) -> JSONResponse:
+    """The 503 `overloaded` answer of a shed request (the gateway's own bound, escalon.gateway.admission)."""
+    return _overloaded(message, wait_ms).response()
+
+
 def _overloaded(details: str, wait_ms: int | None) -> APIError:
     """503 with Retry-After (whole seconds, at least 1) and retry-after-ms (what the OpenAI SDKs read first):
     the SDKs retry a 503 by themselves, after the wait given."""

@@ -36,9 +36,11 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ESCALON_GATEWAY_", extra="ignore")
 
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
-    max_in_flight: int = Field(default=0, ge=0, le=0,
-                               description="not a gateway setting: the router bounds its calls in flight, and a call "
-                                           "it sheds is answered 503 `overloaded` with Retry-After")
+    max_in_flight: int = Field(
+        default=256, ge=0, le=100_000,
+        description="chat completions handled at once; one more is answered 503 `overloaded` at once with Retry-After "
+                    "and retry-after-ms (escalon.gateway.admission); 0 = no bound",
+    )
     router_address: str = Field(default="127.0.0.1:50051", description="RouterService host:port (every answer)")
     serving_address: str = Field(default="127.0.0.1:50053",
                                  description="ModelServing host:port (/v1/models, rung health on the page)")

@@ -16,7 +16,8 @@ several services (tests, `escalon up` is not one) share the registry, so any of 
 What each service adds:
   every gRPC service  rpc_server_call_duration_seconds, escalon_rpc_server_active_calls,
                       escalon_rpc_server_shed_total (calls refused at the in-flight limit) (escalon.grpc)
-  gateway             http_server_request_duration_seconds, http_server_active_requests
+  gateway             http_server_request_duration_seconds, http_server_active_requests,
+                      escalon_http_server_shed_total (requests refused at the in-flight limit)
   router              escalon_route_decision_duration_seconds, escalon_route_duration_seconds, escalon_routes_total,
                       escalon_rung_attempts_total / _accepts_total / _escalations_total / _failures_total /
                       _skips_total, escalon_rung_judge_confidence, escalon_rung_cost_usd_total,
@@ -84,6 +85,9 @@ class Metrics:
             "http_server_request_duration", "Duration of HTTP requests handled (OTel http.server.request.duration)",
             ["http_request_method", "http_route", "http_response_status_code"], unit="seconds",
             buckets=DURATION_BUCKETS, registry=r)
+        self.http_shed = Counter(
+            "escalon_http_server_shed", "HTTP requests refused at once (503 overloaded) because the gateway was at its "
+            "in-flight limit (escalon.gateway.admission)", ["http_route"], registry=r)
         self.http_active = Gauge(
             "http_server_active_requests", "HTTP requests being handled now (OTel http.server.active_requests)",
             ["http_request_method"], registry=r)
