@@ -10,7 +10,8 @@ whatever the latency (open loop), each with a 30 s deadline, as the demo questio
   ramp        steps of rising rate (`--ramp-rates`, `--step-seconds` each) through gRPC: per step the same
               figures and the share shed; "shedding starts" is the first step that sheds at least 1%;
   after       right after each run ends (its last requests still in flight), `--probes` requests one after
-              another: answered promptly means no backlog was left behind (overload shed, not queued).
+              another, each retried after the retry hint when shed (as the OpenAI SDKs do): answered promptly
+              means no backlog was left behind (overload shed, not queued).
 
 A shed call is RESOURCE_EXHAUSTED "overloaded:" over gRPC and HTTP 503 code "overloaded" at the gateway (with
 Retry-After); every other failure is counted by its status. The load average is printed with each figure: the
@@ -35,13 +36,15 @@ import grpc
 
 from escalon.gen.common.v1.common_pb2 import AnswerType
 from escalon.gen.router.v1 import router_pb2, router_pb2_grpc
-from escalon.grpc import overloaded
+from escalon.grpc import overloaded, retry_after_ms
 from escalon.offline.bench.latency import _percentile, replay_stack
 from escalon.offline.stack import DEMO_PROMPT, Stack, start_stack, stop_stack
 
 DEADLINE_S = 30.0
 #: failure -> the first message seen for it, printed with the figures
 EXAMPLES: dict[str, str] = {}
+_HINT_MS = {"last": 1000}  # the retry hint of the last shed call (what a probe waits before trying again)
+PROBE_TRIES = 5
 SHED = "shed"
 OK = "OK"
 
@@ -89,6 +92,7 @@ def grpc_call(stub: router_pb2_grpc.RouterServiceStub, timeout_s: float = DEADLI
             return OK
         except grpc.aio.AioRpcError as exc:
             if overloaded(exc):
+                _HINT_MS["last"] = retry_after_ms(exc) or 1000
                 return SHED
             EXAMPLES.setdefault(exc.code().name, (exc.details() or "")[:200])
             return exc.code().name
@@ -114,6 +118,7 @@ def http_call(session, base_url: str, timeout_s: float = DEADLINE_S) -> Call:  #
         if status == 200:
             return OK
         if status == 503 and '"overloaded"' in text:
+            _HINT_MS["last"] = int(response.headers.get("retry-after-ms", 1000))
             return SHED
         EXAMPLES.setdefault(f"HTTP {status}", text[:200])
         return f"HTTP {status}"
@@ -156,14 +161,21 @@ async def settle(run: Run, tally: _Tally, pending: list[asyncio.Task]) -> Run:
 
 
 async def probe(call: Call, probes: int) -> dict[str, float]:
-    """`probes` calls one after another, right away: their outcomes and latencies."""
-    latencies, failed = [], 0
+    """`probes` calls one after another, right away, each retried after the hint when shed (as the OpenAI SDKs
+    do), up to PROBE_TRIES tries: how long each took to be answered, and how many never were."""
+    latencies, failed, shed = [], 0, 0
     for _ in range(probes):
         started = time.perf_counter()
-        outcome = await call()
+        for _try in range(PROBE_TRIES):
+            outcome = await call()
+            if outcome != SHED:
+                break
+            shed += 1
+            await asyncio.sleep(_HINT_MS["last"] / 1000)
         latencies.append((time.perf_counter() - started) * 1000)
         failed += outcome != OK
-    return {"probes": probes, "failed": failed, "p50_ms": statistics.median(latencies), "max_ms": max(latencies)}
+    return {"probes": probes, "failed": failed, "shed_then_retried": shed, "p50_ms": statistics.median(latencies),
+            "max_ms": max(latencies)}
 
 
 async def measured(name: str, call: Call, probe_call: Call, rate_rps: float, seconds: float, probes: int,
@@ -240,7 +252,8 @@ def render(runs: list[Run]) -> str:
             f"answers p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms max {r.max_ms:.0f} ms; load average "
             f"{r.load_average[0]:.2f}")
         if r.after:
-            lines.append(f"  right after: {r.after['probes']:.0f} probes, {r.after['failed']:.0f} failed, "
+            lines.append(f"  right after: {r.after['probes']:.0f} probes, {r.after['failed']:.0f} not answered, "
+                         f"{r.after['shed_then_retried']:.0f} sheds retried after the hint; time to an answer "
                          f"p50 {r.after['p50_ms']:.1f} ms, max {r.after['max_ms']:.0f} ms")
         if rss:
             lines.append(f"  memory (RSS): {rss}")
