@@ -97,6 +97,13 @@ async def test_streamed_pieces_add_up_to_the_final_answer(smollm):
     assert "".join(pieces) == final.samples[0].text
 
 
+async def test_a_worked_out_answer_streams_as_one_piece_equal_to_the_final_text(smollm):
+    params = GenerateParams(prompt=PROMPT, max_tokens=64, answer_type=AnswerType.ANSWER_TYPE_NUMBER)
+    items = [item async for item in smollm.stream(params)]
+    pieces, final = items[:-1], items[-1]
+    assert pieces == [final.samples[0].text] and final.samples[0].text.endswith("= 84")  # 12 * 7, worked out
+
+
 async def test_an_abandoned_stream_stops_decoding(smollm):
     stream = smollm.stream(GenerateParams(prompt=PROMPT, max_tokens=400))  # ~20 s if it ran to the end
     await anext(stream)
