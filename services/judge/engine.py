@@ -23,18 +23,19 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from escalon.errors import InvalidInput, clip
-from escalon.gen.common.v1.common_pb2 import AnswerType
-from escalon.judge import panel
 from escalon.answers import infer_answer_type
-from escalon.judge.calibration import Applied, Calibration
+from escalon.errors import InvalidInput, clip
 from escalon.execution import SANDBOX, extract_probes, pass_share
+from escalon.gen.common.v1.common_pb2 import AnswerType
+from escalon.grpc import time_left
+from escalon.registry import Catalogue
+from escalon.sandbox import Sandbox
+from escalon.judge import panel
+from escalon.judge.calibration import Applied, Calibration
 from escalon.judge.panel import Candidate, JudgeResult, JudgeWeights, Verdict, judge_answers
 from escalon.judge.ptrue import JudgeModel, JudgeUnavailable, ptrue_prompt, read_ptrue
-from escalon.sandbox import Sandbox
 from escalon.judge.textual import TEXT_JUDGES, text_judge
 from escalon.judge.tokens import TOKEN_JUDGES, features, mean_self_certainty, squash_self_certainty, token_confidence
-from escalon.registry import Catalogue
 
 ENGINE_JUDGES = ("execution", *TEXT_JUDGES, *TOKEN_JUDGES, "p_true")
 #: Judges that cost a model call; the others are pure functions of the request.
@@ -207,7 +208,7 @@ class JudgeEngine:
     async def _p_true(self, prompt: str, verdict: Verdict, candidates: Sequence[Candidate], judge_rung: str,
                       timeout_s: float) -> tuple[JudgeResult, JudgeUsage]:
         rung = judge_rung or self.judge_rung
-        timeout_s = timeout_s or self.judge_timeout_s
+        timeout_s = time_left(timeout_s or self.judge_timeout_s)  # never past the Score caller's own deadline
         if verdict.answer is None:
             return JudgeResult("p_true", 0.0, True, "no candidate gave a valid answer"), JudgeUsage()
         if not rung:

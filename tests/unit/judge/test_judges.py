@@ -1,5 +1,6 @@
 """Each judge's logic, and the engine that runs them: scores, skips with reasons, aggregation."""
 
+import asyncio
 import math
 
 import pytest
@@ -119,6 +120,31 @@ async def test_p_true_asks_the_judge_rung_and_reports_its_cost_or_skips_when_it_
     failing = JudgeEngine(judge_model=ScriptedJudgeModel(error=JudgeUnavailable("UNAVAILABLE: down")), judge_rung="j")
     result = (await failing.score("q", [Candidate("4")], answer_type=NUMBER, judges=["p_true"])).verdict.scores[0]
     assert result.skipped and "unavailable" in result.reason
+
+
+async def test_p_true_never_waits_past_the_score_callers_deadline():
+    """The Score call's own deadline bounds the judge rung's call (escalon.grpc.time_left), not only the
+    judge's configured timeout: a caller with 0.2 s left is answered in about 0.2 s, P(True) skipped."""
+    import time
+
+    from escalon import grpc as escalon_grpc
+
+    class Slow(ScriptedJudgeModel):
+        async def first_tokens(self, rung, prompt, *, timeout_s):
+            self.asked = timeout_s
+            await asyncio.sleep(5)
+
+    model = Slow()
+    engine = JudgeEngine(judge_model=model, judge_rung="judge", judge_timeout_s=10.0)
+    token = escalon_grpc._DEADLINE.set(time.monotonic() + 0.2)
+    try:
+        started = time.monotonic()
+        scored = await engine.score("q", [Candidate("4")], answer_type=NUMBER, judges=["p_true"])
+    finally:
+        escalon_grpc._DEADLINE.reset(token)
+    result = scored.verdict.scores[0]
+    assert result.skipped and "timed out" in result.reason and model.asked <= 0.2
+    assert time.monotonic() - started < 2.0
 
 
 async def test_unknown_or_repeated_judges_are_rejected():
