@@ -67,7 +67,8 @@ def cascade_routing_results(ctx: Context, dev, progress: Progress, seed: int, fo
                                        bench.costs[rows], oof.p_task, bench.rung_names(), ctx.families, LAMBDAS,
                                        DEV_LAMBDAS, aiq, route_curve, seed, progress.step, force)
     except crf.NotFittable as exc:
-        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {exc}", applicable=False) for n in names]
+        return None, [PolicyResult(n, [], [], "lambda", f"not applicable: {exc} ({bench.path})", applicable=False)
+                      for n in names]
     if fitted.estimator is None:
         return fitted, [PolicyResult(n, [], [], "lambda", f"not applicable: {fitted.note}", applicable=False)
                         for n in names]
