@@ -260,8 +260,13 @@ def planner_step_figures(requests: int) -> list[Figure]:
         stepper = Stepper(estimator, list(estimator.rungs), ex_ante, cost, 0.1, context)
         for i in range(answered):
             stepper.observe(estimator.rungs[i], f"answer {i % 2}", 200)
+
+        def step(stepper=stepper):
+            stepper._decided = None  # the Stepper keeps a decision until its state changes: time a fresh one
+            return stepper.next()
+
         figures.append(measure_sync(f"planner step: cascade routing, {R} rungs, {answered} answered",
-                                    stepper.next, requests=max(200, requests)))
+                                    step, requests=max(200, requests)))
     return figures
 
 
