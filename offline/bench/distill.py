@@ -11,7 +11,7 @@ wall time and peak memory (the child's maximum resident set) are the job's; per 
 
     undo          round 0 is one-shot distillation (teacher rationales, fresh LoRA); later rounds continue from
                   the kept student on the teacher's refinements of its train errors plus a replay
-    matched       one-shot distillation trained for as many steps as the kept UNDO student had in all: does
+    matched       one-shot distillation trained for as many steps as all of UNDO's rounds together: does
                   UNDO win by what the refinements say, or by training longer?
     siked         SIKeD: cot/l2m/pot teacher rows, then the student's own correct samples
 
@@ -203,8 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for undo in jobs["undo"]:
         seed = int(undo["name"].rsplit("-s", 1)[1])
         if "matched" in methods:
-            best = undo["report"]["best_round"]
-            steps = sum(r["train_steps"] for r in undo["report"]["rounds"] if r["round"] <= best)
+            steps = sum(r["train_steps"] for r in undo["report"]["rounds"])  # every round UNDO trained
             matched = run_job(spec(f"matched-s{seed}", "undo", {
                 **_common(args, data), "rounds": 0, "score_baseline": False,
                 "train": _train(args, seed, epochs=50, max_steps=steps)}), args.report_only)

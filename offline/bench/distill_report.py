@@ -63,7 +63,7 @@ def summarise(jobs: dict[str, list[dict[str, Any]]], args: Any, *, seconds: floa
     methods.append(_method("UNDO", best, undo, "the round kept on validation accuracy"))
     if jobs.get("matched"):
         methods.append(_method("one-shot, steps matched", _matrix(jobs["matched"], "first"), jobs["matched"],
-                               "one-shot trained as many steps as the kept UNDO student had in all"))
+                               "one-shot trained as many steps as all of UNDO's rounds together"))
     if jobs.get("siked"):
         methods.append(_method("SIKeD iteration 0", _matrix(jobs["siked"], "first"), jobs["siked"],
                                "teacher rows in cot, l2m and pot"))
@@ -104,15 +104,15 @@ def _pct(x: float) -> str:
 
 def render(f: dict[str, Any]) -> str:
     items = f["items"]
-    lines = [f"held-out test items: {items['test']} (train {items['train']}, val {items['val']}); "
-             f"seeds: {f['methods'][-1]['seeds']}",
-             "", f"{'method':<30} {'test acc':>8}  {'95% CI':<15} {'per seed':<24} {'wall s':<22} peak MB"]
+    lines = [f"held-out test items: {items['test']} (train {items['train']}, val {items['val']})", "",
+             f"{'method':<26} {'seeds':>5} {'test acc':>8}  {'95% CI':<16} {'per seed (%)':<18} {'wall s':<22} peak MB"]
     for m in f["methods"]:
         per_seed = " ".join(f"{100 * x:.1f}" for x in m["per_seed"])
         wall = " ".join(str(x) for x in m["wall_s"] if x is not None)
         rss = " ".join(str(x) for x in m["peak_rss_mb"] if x is not None)
-        lines.append(f"{m['method']:<30} {_pct(m['accuracy']):>8}  [{_pct(m['ci95'][0])}, {_pct(m['ci95'][1])}]"
-                     f"{'':<1} {per_seed:<24} {wall:<22} {rss}")
+        ci = f"[{_pct(m['ci95'][0])}, {_pct(m['ci95'][1])}]"
+        lines.append(f"{m['method']:<26} {m['seeds']:>5} {_pct(m['accuracy']):>8}  {ci:<16} {per_seed:<18} {wall:<22} "
+                     f"{rss}")
     lines.append("")
     for label, d in f["differences"].items():
         lines.append(f"{label:<32} {100 * d['difference']:+.1f} pt  95% CI [{100 * d['ci95'][0]:+.1f}, "
