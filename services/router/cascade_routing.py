@@ -218,7 +218,6 @@ class QualityEstimator:
         """An artefact fitted before a feature was added reads with weight 0 on it (it behaves as it did);
         one that names a feature this code does not know must be refitted."""
         stored = data.get("features", {})
-        R = len(data["rungs"])
         scale = {k: (np.array(m, float), np.array(sd, float)) for k, (m, sd) in data.get("scale", {}).items()}
         coefs = {}
         for which, current in (("run", RUN_FEATURES), ("unrun", UNRUN_FEATURES)):
@@ -227,7 +226,7 @@ class QualityEstimator:
                 raise ValueError(f"the estimator was fitted on other {which} features ({', '.join(names)}); "
                                  "re-run `escalon eval` to refit it")
             coefs[which], scale_of = _remap(np.array(data[f"{which}_coef"], float), scale.get(which), names,
-                                            current, R)
+                                            current)
             if scale_of is not None:
                 scale[which] = scale_of
         return cls(list(data["rungs"]), list(data["families"]), coefs["run"], float(data["run_bias"]),
@@ -236,7 +235,7 @@ class QualityEstimator:
                    int(data.get("depth", DEPTH)))
 
 
-def _remap(coef: np.ndarray, scale, names: list[str], current: tuple[str, ...], R: int):
+def _remap(coef: np.ndarray, scale, names: list[str], current: tuple[str, ...]):
     """Coefficients [features, R biases, R interaction weights, context] in `names` order → `current` order."""
     if names == list(current):
         return coef, None
@@ -415,9 +414,9 @@ class Stepper:
         """check: the share of the prompt's tests the answer passed (NaN: not executed)."""
         code = -1 if key is None else self.keys.setdefault(key, len(self.keys))
         column = self._column(rung)
+        checks = None if np.isnan(check) and self.state.checks is None else np.array([check])
         self.state = self.state.with_answer(np.array([0]), np.array([column]), np.array([code]),
-                                            np.array([float(length)]),
-                                            None if np.isnan(check) and self.state.checks is None else np.array([check]))
+                                            np.array([float(length)]), checks)
         if self.remaining is not None:
             self.remaining = self.remaining - cost_bound
         self._decided = None
