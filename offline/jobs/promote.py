@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -157,13 +158,21 @@ def answer_items(rung: Rung, items: list[Item], params: PromoteParams, ctx: JobC
     return out
 
 
+def default_rung_name(base: str, job_id: str) -> str:
+    """<base>-distilled-<job>: a queue's uuid job id by its first 8 hex digits; a named job id ("promote-seed0")
+    by its end, so that two named promote jobs do not get one name. Within a rung name's 63 characters."""
+    slug = re.sub(r"[^a-z0-9]+", "-", job_id.lower()).strip("-") or "job"
+    suffix = slug[:8] if re.fullmatch(r"[0-9a-f]{32}", slug) else slug[-24:].lstrip("-")
+    return f"{base[:63 - len('-distilled-') - len(suffix)]}-distilled-{suffix}"
+
+
 def run(params: PromoteParams, ctx: JobContext) -> dict[str, Any]:
     started = time.time()
     catalogue = job_catalogue(params)
     items = by_split(read_items(params.data)).get(params.split, [])[: params.limit]
     if not items:
         raise ValueError(f"{params.data} has no {params.split!r} items")
-    name = params.name or f"{params.base_rung}-distilled-{ctx.job_id[:8].lower()}".replace("_", "-")
+    name = params.name or default_rung_name(params.base_rung, ctx.job_id)
     candidate = student_rung(params, catalogue, name)
     target = catalogue.get(params.target)
     state = ctx.load_checkpoint() or {}
