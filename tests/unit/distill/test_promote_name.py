@@ -19,5 +19,6 @@ def test_a_queue_job_id_gives_its_first_eight_hex_digits_and_every_name_is_a_val
     job = uuid.uuid4().hex
     assert default_rung_name("gemma3-270m", job) == f"gemma3-270m-distilled-{job[:8]}"
     long = default_rung_name("a-very-long-base-rung-name-that-goes-on-and-on-forever", "Loop_Promote_2026-12-04T20:00")
-    Rung(name=long, family="x", backend="replay", model="m", benchmark="b.parquet")  # the catalogue's own validation
+    Rung(name=long, family="x", backend="replay", model="m", benchmark="b.parquet",
+         price={"input_per_1m": 1.0, "output_per_1m": 1.0})  # the catalogue's own validation
     assert len(long) <= 63
