@@ -136,31 +136,15 @@ def loop_catalogue(cfg: LoopConfig):  # noqa: ANN201 - (Catalogue of every rung,
 async def running_stack(cfg: LoopConfig, served):  # noqa: ANN001, ANN201
     """serving → judge → router (route log on, prompts stored), real gRPC servers on free ports."""
     from escalon.db.settings import DatabaseSettings
-    from escalon.grpc import running_server
-    from escalon.judge.servicer import JudgeService
-    from escalon.judge.settings import JudgeSettings
-    from escalon.router.servicer import RouterService
-    from escalon.router.settings import RouterSettings
-    from escalon.serving.servicer import ServingService
-    from escalon.serving.settings import ServingSettings
+    from escalon.offline.stack import services_in_process
 
-    async with contextlib.AsyncExitStack() as stack:
-        extra = {"model_cache": cfg.model_cache} if cfg.model_cache else {}
-        serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=cfg.data_dir,
-                                           torch_threads=cfg.torch_threads, **extra)
-        serving = await stack.enter_async_context(
-            running_server(ServingService(serving_settings, served), serving_settings, "escalon-serving"))
-        judge_settings = JudgeSettings(port=0)
-        judge = await stack.enter_async_context(
-            running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
-        router_settings = RouterSettings(port=0, serving_address=serving.address, judge_address=judge.address,
-                                         data_dir=cfg.data_dir, local_samples=cfg.local_samples,
-                                         **({"artefact": cfg.artefact} if cfg.artefact else {}))
-        database = DatabaseSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, route_log_prompts=True,
-                                    route_log_flush_s=0.1)
-        service = RouterService(router_settings, served, database=database)
-        router = await stack.enter_async_context(running_server(service, router_settings, "escalon-router"))
-        yield router.address, service
+    serving = {"torch_threads": cfg.torch_threads, **({"model_cache": cfg.model_cache} if cfg.model_cache else {})}
+    router = {"local_samples": cfg.local_samples, **({"artefact": cfg.artefact} if cfg.artefact else {})}
+    database = DatabaseSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, route_log_prompts=True,
+                                route_log_flush_s=0.1)
+    async with services_in_process(served, cfg.data_dir, database=database, serving=serving,
+                                   router=router) as (server, service):
+        yield server.address, service
 
 
 async def replay(address: str, items: list, phase: str, cfg: LoopConfig) -> Phase:

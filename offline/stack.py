@@ -211,3 +211,32 @@ async def stop_stack(stack: Stack, grace_s: float = 30) -> None:
                 child.process.wait()
     if stack.collector:
         await stack.collector.stop()
+
+
+@contextlib.asynccontextmanager
+async def services_in_process(catalogue, data_dir: Path, *, database=None, serving: dict | None = None,
+                              router: dict | None = None):
+    """serving (in-process runtime) → judge → router as real gRPC servers on free ports inside this process:
+    what `escalon loop` drives and the integration tests start. serving/router: extra settings of each;
+    database: the router's DatabaseSettings (route log, keys), None for its default. Yields (router server,
+    RouterService)."""
+    from escalon.grpc import running_server
+    from escalon.judge.servicer import JudgeService
+    from escalon.judge.settings import JudgeSettings
+    from escalon.router.servicer import RouterService
+    from escalon.router.settings import RouterSettings
+    from escalon.serving.servicer import ServingService
+    from escalon.serving.settings import ServingSettings
+
+    async with contextlib.AsyncExitStack() as stack:
+        serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=data_dir, **(serving or {}))
+        serving_server = await stack.enter_async_context(
+            running_server(ServingService(serving_settings, catalogue), serving_settings, "escalon-serving"))
+        judge_settings = JudgeSettings(port=0)
+        judge = await stack.enter_async_context(
+            running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
+        router_settings = RouterSettings(port=0, serving_address=serving_server.address, judge_address=judge.address,
+                                         data_dir=data_dir, **(router or {}))
+        service = RouterService(router_settings, catalogue, database=database)
+        router_server = await stack.enter_async_context(running_server(service, router_settings, "escalon-router"))
+        yield router_server, service

@@ -12,14 +12,8 @@ import pytest
 
 from escalon.db.engine import open_database
 from escalon.db.settings import DatabaseSettings
-from escalon.grpc import running_server
-from escalon.judge.servicer import JudgeService
-from escalon.judge.settings import JudgeSettings
+from escalon.offline.stack import services_in_process
 from escalon.registry import Catalogue, load_catalogue
-from escalon.router.servicer import RouterService
-from escalon.router.settings import RouterSettings
-from escalon.serving.servicer import ServingService
-from escalon.serving.settings import ServingSettings
 
 PG_ADMIN = os.environ.get("ESCALON_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -66,16 +60,5 @@ def two_rungs() -> Catalogue:
 
 @contextlib.asynccontextmanager
 async def router_stack(data_dir, database: DatabaseSettings | None, catalogue: Catalogue | None = None):
-    catalogue = catalogue or two_rungs()
-    async with contextlib.AsyncExitStack() as stack:
-        serving_settings = ServingSettings(port=0, runtime="inprocess", data_dir=data_dir)
-        serving = await stack.enter_async_context(
-            running_server(ServingService(serving_settings, catalogue), serving_settings, "escalon-serving"))
-        judge_settings = JudgeSettings(port=0)
-        judge = await stack.enter_async_context(
-            running_server(JudgeService(judge_settings), judge_settings, "escalon-judge"))
-        router_settings = RouterSettings(port=0, serving_address=serving.address, judge_address=judge.address,
-                                         data_dir=data_dir)
-        service = RouterService(router_settings, catalogue, database=database)
-        router = await stack.enter_async_context(running_server(service, router_settings, "escalon-router"))
+    async with services_in_process(catalogue or two_rungs(), data_dir, database=database) as (router, service):
         yield router, service
